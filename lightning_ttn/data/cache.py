@@ -1,0 +1,295 @@
+"""On-disk cache of rendered Video-MNIST splits.
+
+Layout of one entry, ``<data_dir>/video_mnist/<key>/``::
+
+    train_videos.npy   uint8 (N, 30, 28, 28), memory-mappable
+    train_labels.npy   int64 (N,)
+    train_index.npy    int64 (N,)  the digit's index in its source (= the clip's render id)
+    val_*.npy, test_*.npy
+    manifest.json      written last: key, generator version, motion table, seed, source name and
+                       checksum, and per file its shape, dtype, size and sha256
+
+``<key>`` hashes everything that determines the bytes (generator version, motion table, frame
+size, seed, digit source checksum), so a change gives a new entry, never a stale hit. Files are
+written to temporary names in the entry directory and moved into place with ``os.replace``;
+concurrent writers (DDP ranks, sweep workers) serialise on ``<entry>.lock`` and re-check the entry
+after acquiring it. Opening always checks every file's size and shape against the manifest;
+``verify=True`` also recomputes the sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from filelock import FileLock
+
+from lightning_ttn.data.mnist import DigitSource
+from lightning_ttn.data.video_mnist import (
+    FRAMES,
+    GENERATOR_VERSION,
+    MOTION_TABLE,
+    SIZE,
+    render_clips,
+)
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.json"
+CHUNK_CLIPS = 2000  # clips rendered per step into the memory-mapped file (~47 MB)
+
+
+class CacheError(RuntimeError):
+    """A cache entry is missing, incomplete or corrupted."""
+
+
+class CachedSplit(NamedTuple):
+    """A split opened from the cache.
+
+    Attributes:
+        videos: uint8 (N, 30, 28, 28), memory-mapped read-only.
+        labels: int64 (N,).
+        index: int64 (N,), the digits' indices in their source.
+    """
+
+    videos: np.ndarray
+    labels: np.ndarray
+    index: np.ndarray
+
+
+def cache_identity(
+    source: DigitSource,
+    seed: int,
+    generator_version: int | None = None,
+    motion_table: dict | None = None,
+) -> dict:
+    """Everything that determines the rendered bytes (hashed into the key, stored in manifest).
+
+    ``generator_version`` / ``motion_table`` default to the current generator's.
+    """
+    return {
+        "generator_version": GENERATOR_VERSION if generator_version is None else generator_version,
+        "motion_table": MOTION_TABLE if motion_table is None else motion_table,
+        "frames": FRAMES,
+        "size": SIZE,
+        "seed": int(seed),
+        "source": {"name": source.name, "checksum": source.checksum},
+    }
+
+
+def cache_key(identity: dict) -> str:
+    """Short hex digest of :func:`cache_identity`."""
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def entry_dir(data_dir: str | os.PathLike, key: str) -> Path:
+    """``<data_dir>/video_mnist/<key>``."""
+    return Path(data_dir) / "video_mnist" / key
+
+
+def _file_names(split: str) -> tuple[str, str, str]:
+    return f"{split}_videos.npy", f"{split}_labels.npy", f"{split}_index.npy"
+
+
+def _sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def read_manifest(entry: str | os.PathLike) -> dict:
+    """Reads ``manifest.json`` of an entry.
+
+    Raises:
+        CacheError: no manifest (entry absent or never completed) or unreadable.
+    """
+    path = Path(entry) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise CacheError(f"cache entry {entry} is incomplete: no {MANIFEST}") from e
+    except (OSError, ValueError) as e:
+        raise CacheError(f"cache manifest {path} is unreadable: {e}") from e
+
+
+def _check_file(entry: Path, name: str, meta: dict, verify: bool) -> None:
+    path = entry / name
+    if not path.is_file():
+        raise CacheError(f"cache file {path} is missing")
+    size = path.stat().st_size
+    if size != meta["size"]:
+        raise CacheError(
+            f"cache file {path} has {size} bytes, manifest says {meta['size']} (truncated?)"
+        )
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise CacheError(f"cache file {path} is not a valid .npy file: {e}") from e
+    if list(array.shape) != meta["shape"] or str(array.dtype) != meta["dtype"]:
+        raise CacheError(
+            f"cache file {path} holds {array.dtype} {array.shape}, manifest says "
+            f"{meta['dtype']} {tuple(meta['shape'])}"
+        )
+    if verify:
+        actual = _sha256(path)
+        if actual != meta["sha256"]:
+            raise CacheError(
+                f"cache file {path} is corrupted: sha256 {actual}, manifest says {meta['sha256']}"
+            )
+
+
+def validate_entry(entry: str | os.PathLike, verify: bool = False) -> dict:
+    """Checks a complete entry: manifest present, every file's size and shape (and sha256 if
+    ``verify``) as recorded.
+
+    Returns:
+        The manifest.
+
+    Raises:
+        CacheError: naming the first problem found.
+    """
+    entry = Path(entry)
+    manifest = read_manifest(entry)
+    if manifest.get("key") != entry.name:
+        raise CacheError(f"cache manifest in {entry} belongs to key {manifest.get('key')!r}")
+    expected = {name for split in SPLITS for name in _file_names(split)}
+    if set(manifest.get("files", {})) != expected:
+        raise CacheError(f"cache manifest in {entry} does not list the files {sorted(expected)}")
+    for name, meta in manifest["files"].items():
+        _check_file(entry, name, meta, verify)
+    return manifest
+
+
+def open_split(entry: str | os.PathLike, split: str, verify: bool = False) -> CachedSplit:
+    """Opens one split of a complete entry, videos memory-mapped.
+
+    Args:
+        entry: entry directory.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        verify: also recompute the split's sha256 checksums (reads every byte).
+
+    Raises:
+        CacheError: the entry is incomplete or the split's files do not match the manifest.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    entry = Path(entry)
+    manifest = read_manifest(entry)
+    arrays = []
+    for name in _file_names(split):
+        try:
+            meta = manifest["files"][name]
+        except KeyError as e:
+            raise CacheError(f"cache manifest in {entry} does not list {name}") from e
+        _check_file(entry, name, meta, verify)
+        arrays.append(np.load(entry / name, mmap_mode="r"))
+    videos, labels, index = arrays
+    return CachedSplit(videos, np.asarray(labels), np.asarray(index))
+
+
+def _tmp_path(entry: Path, name: str) -> Path:
+    # Unique per writer; created by open()/open_memmap, so it gets the usual umask permissions.
+    return entry / f".{name}.{uuid.uuid4().hex}.tmp"
+
+
+def _file_meta(path: Path, array: np.ndarray) -> dict:
+    return {
+        "shape": list(array.shape),
+        "dtype": str(array.dtype),
+        "size": path.stat().st_size,
+        "sha256": _sha256(path),
+    }
+
+
+def _write_split(entry: Path, split: str, source: DigitSource, seed: int, chunk: int) -> dict:
+    digits, labels, index = source.split(split)
+    names = _file_names(split)
+    files = {}
+    tmp = _tmp_path(entry, names[0])
+    videos = np.lib.format.open_memmap(
+        tmp, mode="w+", dtype=np.uint8, shape=(len(digits), FRAMES, SIZE, SIZE)
+    )
+    for start in range(0, len(digits), chunk):
+        sl = slice(start, start + chunk)
+        videos[sl] = render_clips(digits[sl], labels[sl], seed, index[sl])
+    videos.flush()
+    files[names[0]] = _file_meta(tmp, videos)
+    del videos  # close the memmap before moving the file
+    os.replace(tmp, entry / names[0])
+    for name, array in zip(names[1:], (labels, index), strict=True):
+        array = np.ascontiguousarray(array, dtype=np.int64)
+        tmp = _tmp_path(entry, name)
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        files[name] = _file_meta(tmp, array)
+        os.replace(tmp, entry / name)
+    return files
+
+
+def _render_entry(entry: Path, identity: dict, source: DigitSource, chunk: int) -> dict:
+    entry.mkdir(parents=True, exist_ok=True)
+    # A stale manifest would vouch for files while they are being replaced.
+    (entry / MANIFEST).unlink(missing_ok=True)
+    for leftover in entry.glob(".*.tmp"):  # from a writer that was killed
+        leftover.unlink()
+    files = {}
+    for split in SPLITS:
+        files.update(_write_split(entry, split, source, identity["seed"], chunk))
+    manifest = {"key": entry.name, **identity, "files": files}
+    tmp = _tmp_path(entry, MANIFEST)
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    os.replace(tmp, entry / MANIFEST)
+    return manifest
+
+
+def get_or_render(
+    source: DigitSource,
+    seed: int,
+    data_dir: str | os.PathLike,
+    verify: bool = False,
+    chunk_clips: int = CHUNK_CLIPS,
+) -> Path:
+    """Returns the cache entry of ``(source, seed)``, rendering it first if needed.
+
+    A missing, incomplete or corrupted entry (size/shape mismatch; sha256 mismatch when
+    ``verify``) is re-rendered, with a warning for the corrupted case. Safe to call from several
+    processes at once.
+
+    Args:
+        source: the digits.
+        seed: render seed.
+        data_dir: root data directory; entries live in ``<data_dir>/video_mnist/``.
+        verify: recompute the sha256 of an existing entry's files before trusting it.
+        chunk_clips: clips rendered per step (bounds memory).
+
+    Returns:
+        The entry directory.
+    """
+    identity = cache_identity(source, seed)
+    entry = entry_dir(data_dir, cache_key(identity))
+    try:
+        validate_entry(entry, verify)
+        return entry
+    except CacheError:
+        pass
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(entry) + ".lock"):
+        try:  # another process may have rendered it while we waited
+            validate_entry(entry, verify)
+            return entry
+        except CacheError as e:
+            if (entry / MANIFEST).exists():
+                log.warning("re-rendering corrupted Video-MNIST cache entry: %s", e)
+        log.info("rendering Video-MNIST (%s digits, seed %d) into %s", source.name, seed, entry)
+        _render_entry(entry, identity, source, chunk_clips)
+    return entry

@@ -1,0 +1,406 @@
+"""The sweep file: its schema, its validation and the ordered list of runs it describes.
+
+Kept free of Lightning imports so that ``lightning_ttn.report`` and ``--dry-run`` load fast.
+A sweep file is YAML (or JSON) with these keys (only ``families`` and ``sizes`` are required)::
+
+    output_dir: runs/sweeps/paper      # results, sweep.yaml/sweep.json, locks, tensorboard/
+    source: auto                       # auto | embedded | mnist | download
+    data_dir: data
+    mnist_dir: null                    # MNIST IDX files (default: <data_dir>/mnist)
+    render_seed: 0
+    num_workers: 0
+    sizes: [10, 20, 30]                # training videos, positive multiples of 10
+    runs: 30                           # runs per configuration; run r uses subset_seed=r
+    seed_offset: 0                     # run r initializes its weights with seed_offset + r
+    epochs: 100
+    val_every_n_epochs: 1
+    batch_size: 20
+    batch_size_overrides: {10: 10}     # training videos -> batch size
+    val_videos: null                   # validation clips per run (null: the whole split)
+    test_videos: null                  # test clips per run (null: the whole split)
+    accelerator: auto
+    devices: 1
+    deterministic: true                # true | false | warn (passed to the Trainer)
+    tensorboard: false                 # one TensorBoard log per run under <output_dir>/tensorboard
+    families:
+      3D:
+        - {name: w18-28, channels: [18, 28], lr: 0.01}               # conv defaults to conv3d
+      3DTTN:
+        - {name: w4-14, channels: [4, 14], conv: ttconv3d, lr: 0.01, sizes: [500, 2000]}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# The conv type of each model family (paper Section 3.3).
+FAMILY_CONVS = {"3D": "conv3d", "3DTTN": "ttconv3d"}
+# (train, val, test) clips of each digit source; "auto" may resolve to full MNIST, so it is
+# checked against MNIST's sizes (the data module itself errors if it falls back to "embedded").
+SPLIT_SIZES = {
+    "auto": (50_000, 10_000, 10_000),
+    "embedded": (4_000, 500, 500),
+    "mnist": (50_000, 10_000, 10_000),
+    "download": (50_000, 10_000, 10_000),
+}
+NUM_CLASSES = 10
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+# Keys that may differ when a sweep is resumed in the same output directory: they change where
+# or how fast runs happen, or add runs, never what a finished run means.
+RESUMABLE_KEYS = (
+    "output_dir", "data_dir", "mnist_dir", "num_workers", "runs", "accelerator", "devices",
+    "tensorboard",
+)
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_CANDIDATE_KEYS = ("name", "channels", "conv", "lr", "sizes")
+
+
+class SweepConfigError(ValueError):
+    """The sweep file is invalid; the message names the key, the value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration of a family that model selection chooses among.
+
+    Attributes:
+        name: Identifier, unique within its family (letters, digits, ``_ . -``).
+        channels: Output channels ``(c1, c2)`` of LeNet-5's two convolutions.
+        conv: ``conv3d`` or ``ttconv3d``; must match the family.
+        lr: SGD learning rate (momentum 0.9).
+        sizes: Training-set sizes this candidate is trained at; ``None``: all of the sweep's.
+    """
+
+    name: str
+    channels: tuple[int, int]
+    conv: str
+    lr: float
+    sizes: tuple[int, ...] | None = None
+
+    def applies_to(self, train_videos: int) -> bool:
+        """Whether the candidate is trained with ``train_videos`` videos."""
+        return self.sizes is None or train_videos in self.sizes
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A validated sweep file (see the module docstring for the meaning of each field)."""
+
+    families: dict[str, tuple[Candidate, ...]]
+    sizes: tuple[int, ...]
+    output_dir: str = "runs/sweep"
+    source: str = "auto"
+    data_dir: str = "data"
+    mnist_dir: str | None = None
+    render_seed: int = 0
+    num_workers: int = 0
+    runs: int = 30
+    seed_offset: int = 0
+    epochs: int = 100
+    val_every_n_epochs: int = 1
+    batch_size: int = 20
+    batch_size_overrides: dict[int, int] = field(default_factory=dict)
+    val_videos: int | None = None
+    test_videos: int | None = None
+    accelerator: str = "auto"
+    devices: int = 1
+    deterministic: bool | str = True
+    tensorboard: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain YAML/JSON types; ``parse_config`` of it gives it back."""
+        data = dataclasses.asdict(self)
+        data["sizes"] = list(self.sizes)
+        data["families"] = {
+            family: [candidate_dict(c) for c in candidates]
+            for family, candidates in self.families.items()
+        }
+        return data
+
+    def batch_size_for(self, train_videos: int) -> int:
+        """The batch size used with ``train_videos`` training videos."""
+        return self.batch_size_overrides.get(train_videos, self.batch_size)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: a candidate of a family, a training-set size and a run index.
+
+    Attributes:
+        family: ``3D`` or ``3DTTN``.
+        candidate: The configuration trained.
+        train_videos: Training-set size.
+        run: Run index ``r``; the training videos are drawn with ``subset_seed=r``.
+        init_seed: Weight-initialization seed (``seed_offset + r``).
+        batch_size: Training batch size.
+    """
+
+    family: str
+    candidate: Candidate
+    train_videos: int
+    run: int
+    init_seed: int
+    batch_size: int
+
+    @property
+    def run_id(self) -> str:
+        """File-name stem of the run's result, e.g. ``3DTTN_n0010_w18-28_r003``."""
+        return f"{self.family}_n{self.train_videos:04d}_{self.candidate.name}_r{self.run:03d}"
+
+
+def candidate_dict(candidate: Candidate) -> dict[str, Any]:
+    """A candidate as plain YAML/JSON types, as in the sweep file."""
+    data = dataclasses.asdict(candidate)
+    data["channels"] = list(candidate.channels)
+    data["sizes"] = None if candidate.sizes is None else list(candidate.sizes)
+    return data
+
+
+def load_config(path: str | Path) -> SweepConfig:
+    """Reads and validates a sweep file (YAML or JSON).
+
+    Raises:
+        SweepConfigError: the file is invalid (message names the file, key and value).
+    """
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise SweepConfigError(f"{path}: cannot read the sweep file: {e}") from e
+    try:
+        return parse_config(raw)
+    except SweepConfigError as e:
+        raise SweepConfigError(f"{path}: {e}") from e
+
+
+def parse_config(raw: Any) -> SweepConfig:
+    """Validates a sweep mapping and returns it as a ``SweepConfig``.
+
+    Raises:
+        SweepConfigError: a key is unknown or missing, or a value is out of range.
+    """
+    if not isinstance(raw, dict):
+        raise SweepConfigError(f"the sweep file must be a mapping, got {type(raw).__name__}")
+    allowed = [f.name for f in dataclasses.fields(SweepConfig)]
+    _reject_unknown(raw, allowed, "top level")
+    for key in ("families", "sizes"):
+        if key not in raw:
+            raise SweepConfigError(f"missing required key {key!r}")
+    values = {key: raw[key] for key in allowed if key in raw}
+    values["sizes"] = _size_list(raw["sizes"], "sizes", unique=True)
+    values["families"] = _families(raw["families"], values["sizes"])
+    if "batch_size_overrides" in raw:
+        values["batch_size_overrides"] = _batch_size_overrides(raw["batch_size_overrides"])
+    config = SweepConfig(**values)
+    _check_scalars(config)
+    _check_split_sizes(config)
+    return config
+
+
+def _reject_unknown(mapping: dict, allowed: list[str] | tuple[str, ...], where: str) -> None:
+    unknown = sorted(str(k) for k in mapping if k not in allowed)
+    if unknown:
+        raise SweepConfigError(
+            f"unknown key(s) {unknown} in {where}; allowed: {', '.join(allowed)}"
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if not _is_int(value) or value < 1:
+        raise SweepConfigError(f"{key} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _size(value: Any, key: str) -> int:
+    if not _is_int(value) or value < NUM_CLASSES or value % NUM_CLASSES:
+        raise SweepConfigError(
+            f"{key}: training-set size must be a positive multiple of {NUM_CLASSES} "
+            f"(class-balanced), got {value!r}"
+        )
+    return value
+
+
+def _size_list(value: Any, key: str, unique: bool) -> tuple[int, ...]:
+    if not isinstance(value, list) or not value:
+        raise SweepConfigError(f"{key} must be a non-empty list of sizes, got {value!r}")
+    sizes = tuple(_size(v, f"{key}[{i}]") for i, v in enumerate(value))
+    if unique and len(set(sizes)) != len(sizes):
+        raise SweepConfigError(f"{key} lists a size twice: {list(sizes)}")
+    return sizes
+
+
+def _families(value: Any, sizes: tuple[int, ...]) -> dict[str, tuple[Candidate, ...]]:
+    if not isinstance(value, dict) or not value:
+        raise SweepConfigError(
+            f"families must map family names ({', '.join(FAMILY_CONVS)}) to lists of "
+            f"candidates, got {value!r}"
+        )
+    _reject_unknown(value, tuple(FAMILY_CONVS), "families")
+    families = {}
+    for family, candidates in value.items():
+        families[family] = _candidates(family, candidates)
+        for size in sizes:
+            if not any(c.applies_to(size) for c in families[family]):
+                raise SweepConfigError(f"families.{family}: no candidate applies to size {size}")
+    return families
+
+
+def _candidates(family: str, value: Any) -> tuple[Candidate, ...]:
+    where = f"families.{family}"
+    if not isinstance(value, list) or not value:
+        raise SweepConfigError(f"{where} must be a non-empty list of candidates, got {value!r}")
+    candidates = tuple(_candidate(family, item, f"{where}[{i}]") for i, item in enumerate(value))
+    names = [c.name for c in candidates]
+    if len(set(names)) != len(names):
+        raise SweepConfigError(f"{where}: candidate names must be unique, got {names}")
+    return candidates
+
+
+def _candidate(family: str, item: Any, where: str) -> Candidate:
+    if not isinstance(item, dict):
+        raise SweepConfigError(f"{where} must be a mapping with keys {_CANDIDATE_KEYS}")
+    _reject_unknown(item, _CANDIDATE_KEYS, where)
+    for key in ("name", "channels", "lr"):
+        if key not in item:
+            raise SweepConfigError(f"{where}: missing required key {key!r}")
+    name, channels, lr = item["name"], item["channels"], item["lr"]
+    if not isinstance(name, str) or not _NAME_PATTERN.match(name):
+        raise SweepConfigError(
+            f"{where}.name must be letters, digits, '_', '.' or '-' (a file-name part), "
+            f"got {name!r}"
+        )
+    if not (isinstance(channels, list) and len(channels) == 2):
+        raise SweepConfigError(f"{where}.channels must be two integers [c1, c2], got {channels!r}")
+    channels = tuple(_positive_int(c, f"{where}.channels") for c in channels)
+    conv = item.get("conv", FAMILY_CONVS[family])
+    if conv != FAMILY_CONVS[family]:
+        raise SweepConfigError(
+            f"{where}.conv: family {family} uses conv {FAMILY_CONVS[family]!r}, got {conv!r}"
+        )
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise SweepConfigError(f"{where}.lr must be a number > 0, got {lr!r}")
+    sizes = item.get("sizes")
+    if sizes is not None:
+        sizes = _size_list(sizes, f"{where}.sizes", unique=True)
+    return Candidate(name=name, channels=channels, conv=conv, lr=float(lr), sizes=sizes)
+
+
+def _batch_size_overrides(value: Any) -> dict[int, int]:
+    if not isinstance(value, dict):
+        raise SweepConfigError(
+            f"batch_size_overrides must map training-set sizes to batch sizes, got {value!r}"
+        )
+    # JSON turns integer keys into strings; accept their round trip.
+    return {
+        _size(int(k) if isinstance(k, str) and k.isdigit() else k, "batch_size_overrides key"):
+        _positive_int(v, f"batch_size_overrides[{k}]")
+        for k, v in value.items()
+    }
+
+
+def _check_scalars(config: SweepConfig) -> None:
+    for key in ("runs", "epochs", "val_every_n_epochs", "batch_size", "devices"):
+        _positive_int(getattr(config, key), key)
+    for key in ("seed_offset", "render_seed", "num_workers"):
+        value = getattr(config, key)
+        if not _is_int(value) or value < 0:
+            raise SweepConfigError(f"{key} must be an integer >= 0, got {value!r}")
+    if config.val_every_n_epochs > config.epochs:
+        raise SweepConfigError(
+            f"val_every_n_epochs ({config.val_every_n_epochs}) must be <= epochs "
+            f"({config.epochs}), else no validation ever runs"
+        )
+    if config.source not in SPLIT_SIZES:
+        raise SweepConfigError(
+            f"source must be one of {', '.join(SPLIT_SIZES)}, got {config.source!r}"
+        )
+    if config.accelerator not in ACCELERATORS:
+        raise SweepConfigError(
+            f"accelerator must be one of {', '.join(ACCELERATORS)}, got {config.accelerator!r}"
+        )
+    if not (isinstance(config.deterministic, bool) or config.deterministic == "warn"):
+        raise SweepConfigError(
+            f"deterministic must be true, false or warn, got {config.deterministic!r}"
+        )
+    for key in ("output_dir", "data_dir"):
+        if not isinstance(getattr(config, key), str) or not getattr(config, key):
+            raise SweepConfigError(f"{key} must be a non-empty path, got {getattr(config, key)!r}")
+    if config.mnist_dir is not None and not isinstance(config.mnist_dir, str):
+        raise SweepConfigError(f"mnist_dir must be a path or null, got {config.mnist_dir!r}")
+    if not isinstance(config.tensorboard, bool):
+        raise SweepConfigError(f"tensorboard must be true or false, got {config.tensorboard!r}")
+
+
+def _check_split_sizes(config: SweepConfig) -> None:
+    train, val, test = SPLIT_SIZES[config.source]
+    sizes = set(config.sizes)
+    for candidates in config.families.values():
+        sizes.update(s for c in candidates for s in (c.sizes or ()))
+    for size in sorted(sizes):
+        if size > train:
+            raise SweepConfigError(
+                f"size {size}: source {config.source!r} has {train} training videos "
+                f"({train // NUM_CLASSES} per class); allowed sizes are multiples of "
+                f"{NUM_CLASSES} up to {train}"
+            )
+    for key, available in (("val_videos", val), ("test_videos", test)):
+        value = getattr(config, key)
+        if value is not None and (
+            not _is_int(value) or value < 1 or value % NUM_CLASSES or value > available
+        ):
+            raise SweepConfigError(
+                f"{key} must be null (the whole split) or a positive multiple of {NUM_CLASSES} "
+                f"(class-balanced) up to {available} for source {config.source!r}, got {value!r}"
+            )
+
+
+def plan_runs(config: SweepConfig) -> list[RunSpec]:
+    """All runs of the sweep, run index outermost.
+
+    So a sweep stopped part-way has about the same number of runs at every size and
+    configuration; the order is deterministic, which ``--shard`` relies on.
+    """
+    return [
+        RunSpec(
+            family=family,
+            candidate=candidate,
+            train_videos=size,
+            run=run,
+            init_seed=config.seed_offset + run,
+            batch_size=config.batch_size_for(size),
+        )
+        for run in range(config.runs)
+        for size in config.sizes
+        for family, candidates in config.families.items()
+        for candidate in candidates
+        if candidate.applies_to(size)
+    ]
+
+
+def shard_runs(runs: list[RunSpec], index: int, count: int) -> list[RunSpec]:
+    """The runs of shard ``index`` of ``count``: every ``count``-th run from ``index``."""
+    if not (_is_int(count) and count >= 1 and _is_int(index) and 0 <= index < count):
+        raise SweepConfigError(f"shard must be k/n with n >= 1 and 0 <= k < n, got {index}/{count}")
+    return runs[index::count]
+
+
+def config_differences(saved: SweepConfig, current: SweepConfig) -> list[str]:
+    """Keys, other than ``RESUMABLE_KEYS``, whose values differ between two configs."""
+    old, new = saved.to_dict(), current.to_dict()
+    return sorted(k for k in old if k not in RESUMABLE_KEYS and old[k] != new[k])
+
+
+def dump_config(config: SweepConfig) -> tuple[str, str]:
+    """The config as ``(yaml_text, json_text)``, as written into the output directory."""
+    data = config.to_dict()
+    return yaml.safe_dump(data, sort_keys=False), json.dumps(data, indent=2) + "\n"

@@ -1,0 +1,141 @@
+"""Render cache: keys, hits, corruption detection, concurrent writers."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+
+import numpy as np
+import pytest
+
+from lightning_ttn.data import cache
+from lightning_ttn.data.cache import (
+    CacheError,
+    cache_identity,
+    cache_key,
+    get_or_render,
+    open_split,
+    validate_entry,
+)
+from lightning_ttn.data.mnist import DigitSplit, make_source, read_embedded
+from lightning_ttn.data.video_mnist import MOTION_TABLE, render_clips
+
+
+def _small_source():
+    """A 24/8/8-digit source cut from the embedded digits (every class present)."""
+    full = read_embedded()
+    parts = [DigitSplit(*(a[::stride][:n] for a in s)) for s, stride, n in
+             ((full.train, 150, 24), (full.val, 50, 8), (full.test, 50, 8))]  # fmt: skip
+    return make_source("embedded-small", *parts)
+
+
+@pytest.fixture(scope="module")
+def source():
+    return _small_source()
+
+
+def test_entry_holds_rendered_splits_and_manifest(source, tmp_path):
+    entry = get_or_render(source, seed=5, data_dir=tmp_path)
+    assert entry.parent == tmp_path / "video_mnist"
+    for name in ("train", "val", "test"):
+        split = open_split(entry, name, verify=True)
+        digits, labels, index = source.split(name)
+        assert isinstance(split.videos, np.memmap) and split.videos.dtype == np.uint8
+        assert np.array_equal(split.videos, render_clips(digits, labels, 5, index))
+        assert np.array_equal(split.labels, labels) and np.array_equal(split.index, index)
+    manifest = json.loads((entry / "manifest.json").read_text())
+    assert manifest["seed"] == 5 and manifest["key"] == entry.name
+    assert manifest["source"] == {"name": "embedded-small", "checksum": source.checksum}
+    assert manifest["generator_version"] == cache.GENERATOR_VERSION
+    assert manifest["motion_table"]["5"]["radius_px"] == MOTION_TABLE[5]["radius_px"]
+    assert manifest["files"]["train_videos.npy"]["shape"] == [24, 30, 28, 28]
+    assert not list(entry.glob(".*.tmp"))
+
+
+def test_second_call_is_a_hit(source, tmp_path, monkeypatch):
+    entry = get_or_render(source, seed=0, data_dir=tmp_path)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("rendered again although the entry is valid")
+
+    monkeypatch.setattr(cache, "render_clips", fail)
+    assert get_or_render(source, seed=0, data_dir=tmp_path, verify=True) == entry
+
+
+def test_anything_that_changes_the_bytes_changes_the_key(source, tmp_path, monkeypatch):
+    base = cache_key(cache_identity(source, 0))
+    assert cache_key(cache_identity(source, 1)) != base
+    table = {**MOTION_TABLE, 0: {**MOTION_TABLE[0], "bounce_px": 9.0}}
+    assert cache_key(cache_identity(source, 0, motion_table=table)) != base
+    other = make_source("embedded-small", source.train, source.test, source.val)
+    assert cache_key(cache_identity(other, 0)) != base
+
+    first = get_or_render(source, seed=0, data_dir=tmp_path)
+    assert get_or_render(source, seed=1, data_dir=tmp_path) != first
+    monkeypatch.setattr(cache, "GENERATOR_VERSION", cache.GENERATOR_VERSION + 1)
+    bumped = get_or_render(source, seed=0, data_dir=tmp_path)
+    assert bumped != first
+    assert json.loads((bumped / "manifest.json").read_text())["generator_version"] == (
+        cache.GENERATOR_VERSION
+    )
+
+
+def test_truncated_file_is_detected_and_rerendered(source, tmp_path):
+    entry = get_or_render(source, seed=0, data_dir=tmp_path)
+    videos = entry / "train_videos.npy"
+    good = videos.read_bytes()
+    videos.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CacheError, match=r"train_videos.npy has \d+ bytes, manifest says"):
+        open_split(entry, "train")
+    with pytest.raises(CacheError, match="truncated"):
+        validate_entry(entry)
+    assert get_or_render(source, seed=0, data_dir=tmp_path) == entry
+    assert videos.read_bytes() == good
+
+
+def test_flipped_bytes_are_detected_with_verify(source, tmp_path):
+    entry = get_or_render(source, seed=0, data_dir=tmp_path)
+    videos = entry / "val_videos.npy"
+    good = videos.read_bytes()
+    data = bytearray(good)
+    data[-500:-490] = bytes(b ^ 0xFF for b in data[-500:-490])
+    videos.write_bytes(bytes(data))
+    open_split(entry, "val")  # same size and shape: only the checksum can tell
+    with pytest.raises(CacheError, match=r"val_videos.npy is corrupted: sha256"):
+        open_split(entry, "val", verify=True)
+    assert get_or_render(source, seed=0, data_dir=tmp_path, verify=True) == entry
+    assert videos.read_bytes() == good
+
+
+def test_incomplete_entry_is_not_used(source, tmp_path):
+    entry = get_or_render(source, seed=0, data_dir=tmp_path)
+    (entry / "manifest.json").unlink()
+    with pytest.raises(CacheError, match="incomplete: no manifest.json"):
+        open_split(entry, "test")
+    assert get_or_render(source, seed=0, data_dir=tmp_path) == entry
+    validate_entry(entry, verify=True)
+
+
+def _render_in_child(data_dir: str, queue) -> None:
+    queue.put(str(get_or_render(_small_source(), seed=7, data_dir=data_dir)))
+
+
+def test_concurrent_renders_give_one_valid_entry(source, tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_render_in_child, args=(str(tmp_path), queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    entries = {queue.get(timeout=5) for _ in procs}
+    assert len(entries) == 1
+    entry = entries.pop()
+    assert [p.name for p in (tmp_path / "video_mnist").iterdir() if p.is_dir()] == [
+        entry.split("/")[-1]
+    ]
+    validate_entry(entry, verify=True)
+    assert not list((tmp_path / "video_mnist" / entry.split("/")[-1]).glob(".*.tmp"))
+    videos = open_split(entry, "train").videos
+    assert np.array_equal(videos, render_clips(*source.train[:2], 7, source.train.index))

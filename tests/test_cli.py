@@ -1,0 +1,113 @@
+"""End-to-end runs of ``train.py`` (LightningCLI) on tiny data, as a user would type them."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+
+
+def run_cli(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def printed_metric(output: str, name: str) -> float:
+    """The value Lightning's result table prints for ``name``."""
+    match = re.search(rf"^\s*{re.escape(name)}\s+([0-9.]+)\s*$", output, re.MULTILINE)
+    assert match, f"{name} not printed in:\n{output}"
+    return float(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One ``fit`` of the smoke config (which then tests its best checkpoint)."""
+    cwd = tmp_path_factory.mktemp("smoke")
+    return cwd, run_cli("fit", "--config", SMOKE, cwd=cwd)
+
+
+def test_fit_writes_checkpoints_and_ends_with_the_test_accuracy(smoke_run):
+    cwd, proc = smoke_run
+    version = cwd / "lightning_logs" / "smoke" / "version_0"
+    checkpoints = sorted(p.name for p in (version / "checkpoints").iterdir())
+    assert checkpoints == ["best-epoch000.ckpt", "last.ckpt"]
+    assert (version / "config.yaml").is_file()
+    assert 0.0 <= printed_metric(proc.stdout, "test/acc") <= 1.0
+    assert "best-epoch000.ckpt" in proc.stdout + proc.stderr  # tested the best checkpoint
+
+
+def test_test_and_validate_from_a_checkpoint_reproduce_the_metrics(smoke_run):
+    cwd, fit = smoke_run
+    best = cwd / "lightning_logs" / "smoke" / "version_0" / "checkpoints" / "best-epoch000.ckpt"
+    test = run_cli("test", "--config", SMOKE, "--ckpt_path", str(best), cwd=cwd)
+    assert printed_metric(test.stdout, "test/acc") == printed_metric(fit.stdout, "test/acc")
+    assert printed_metric(test.stdout, "test/loss") == printed_metric(fit.stdout, "test/loss")
+    validate = run_cli("validate", "--config", SMOKE, "--ckpt_path", str(best), cwd=cwd)
+    assert 0.0 <= printed_metric(validate.stdout, "val/acc") <= 1.0
+
+
+def test_tensorboard_has_scalars_hparams_clips_kernels_and_transforms(smoke_run):
+    cwd, _ = smoke_run
+    version = cwd / "lightning_logs" / "smoke" / "version_0"
+    tags: dict[str, set[str]] = {"scalars": set(), "images": set(), "histograms": set()}
+    for events in version.glob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events), size_guidance={"images": 0}).Reload()
+        for kind in tags:
+            tags[kind] |= set(accumulator.Tags()[kind])
+    assert {"train/loss_step", "train/acc", "val/acc", "val/loss", "lr-SGD"} <= tags["scalars"]
+    assert {"hp/best_val_acc", "hp/test_acc", "test/acc"} <= tags["scalars"]
+    assert {"inputs/clips", "kernels/model.features.0", "kernels/model.features.3"} <= tags["images"]
+    assert "transforms/model.features.0/rotation_deg" in tags["histograms"]
+    assert "transforms/model.features.3/tx_px_mean" in tags["scalars"]
+
+
+def test_help_is_documented(tmp_path):
+    help_text = run_cli("fit", "--help", cwd=tmp_path).stdout
+    assert "--data.train_videos" in help_text and "class-balanced" in help_text
+    assert "--model.optimizer" in help_text and "--checkpoint.monitor" in help_text
+    assert "--test_after_fit" in help_text
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--data.train_videos", "15"], r"train_videos=15 must be None .* positive multiple of 10"),
+        (["--data.source", "imagenet"], r"source='imagenet' is not one of"),
+        (["--model.model.init_args.conv", "conv2d"], r"conv must be one of .*'conv2d'"),
+    ],
+)
+def test_bad_config_values_fail_with_a_clear_message(tmp_path, override, message):
+    proc = run_cli("fit", "--config", SMOKE, *override, cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert re.search(message, proc.stderr), proc.stderr[-2000:]
+
+
+def test_ddp_two_cpu_processes_share_the_cache_and_sync_metrics(tmp_path):
+    ddp = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    fit = run_cli("fit", "--config", SMOKE, *ddp, cwd=tmp_path)
+    assert "Initializing distributed: GLOBAL_RANK: 1" in fit.stdout + fit.stderr
+    # Rank 0 rendered one cache entry; rank 1 waited for it and rendered nothing of its own.
+    entries = [p for p in (tmp_path / "data" / "video_mnist").iterdir() if p.is_dir()]
+    assert len(entries) == 1 and (entries[0] / "manifest.json").is_file()
+    # Each rank sees half of the 20 validation clips; synced accuracy equals one process's.
+    best = next((tmp_path / "lightning_logs" / "smoke" / "version_0" / "checkpoints").glob("best*"))
+    single = run_cli("validate", "--config", SMOKE, "--ckpt_path", str(best), cwd=tmp_path)
+    double = run_cli("validate", "--config", SMOKE, *ddp, "--ckpt_path", str(best), cwd=tmp_path)
+    assert printed_metric(double.stdout, "val/acc") == printed_metric(single.stdout, "val/acc")
+    assert printed_metric(double.stdout, "val/loss") == pytest.approx(
+        printed_metric(single.stdout, "val/loss"), rel=1e-5
+    )

@@ -1,0 +1,338 @@
+"""Tests of the sweep file, the run plan and the resumable, shardable sweep runner."""
+
+from __future__ import annotations
+
+import functools
+import json
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from filelock import FileLock, Timeout
+from pytorch_lightning import LightningDataModule
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_ttn.models import LeNet5
+from lightning_ttn.report import paper_table, write_report
+from lightning_ttn.sweep import main, result_path, run_sweep, train_one
+from lightning_ttn.sweep_config import (
+    RunSpec,
+    SweepConfig,
+    SweepConfigError,
+    load_config,
+    parse_config,
+    plan_runs,
+    shard_runs,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = REPO / "configs" / "sweeps"
+METRIC_KEYS = ("val_acc_history", "best_epoch", "best_val_acc", "test_acc", "num_parameters")
+
+
+def tiny_raw(output_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """A valid sweep mapping: 2 sizes x 2 families x 2 runs = 8 runs."""
+    raw = {
+        "output_dir": str(output_dir),
+        "source": "embedded",
+        "sizes": [10, 20],
+        "runs": 2,
+        "epochs": 1,
+        "val_videos": 10,
+        "test_videos": 10,
+        "accelerator": "cpu",
+        "families": {
+            "3D": [{"name": "w4-14", "channels": [4, 14], "lr": 0.01}],
+            "3DTTN": [{"name": "w4-14", "channels": [4, 14], "conv": "ttconv3d", "lr": 0.01}],
+        },
+    }
+    raw.update(overrides)
+    return raw
+
+
+def tiny_config(tmp_path: Path, **overrides: Any) -> SweepConfig:
+    return parse_config(tiny_raw(tmp_path / "out", **overrides))
+
+
+def fake_train(spec: RunSpec, config: SweepConfig) -> dict[str, Any]:
+    """Instant stand-in for ``train_one``: metrics derived from the run."""
+    acc = 0.5 + 0.01 * spec.run + 0.001 * spec.train_videos
+    return {"val_acc_history": [[1, acc]], "best_epoch": 1, "best_val_acc": acc,
+            "test_acc": acc - 0.05, "num_parameters": 1}
+
+
+def logged_fake_train(spec: RunSpec, config: SweepConfig, log_path: str) -> dict[str, Any]:
+    """``fake_train`` that appends the run id to a shared log and takes a little time."""
+    with open(log_path, "a") as log:
+        log.write(spec.run_id + "\n")
+    time.sleep(0.05)
+    return fake_train(spec, config)
+
+
+def fake_train_killed_at(
+    spec: RunSpec, config: SweepConfig, victim: str, marker: str
+) -> dict[str, Any]:
+    """``fake_train`` that, at run ``victim``, leaves a partial temp file and hangs."""
+    if spec.run_id == victim:
+        path = result_path(config, spec)
+        (path.parent / f".{path.name}.partial.tmp").write_text('{"run_id": "trunc')
+        Path(marker).write_text("holding the lock")
+        time.sleep(600)
+    return fake_train(spec, config)
+
+
+def sweep_worker(config: SweepConfig, train_fn: Any) -> None:
+    """Body of a spawned worker process."""
+    run_sweep(config, train_fn=train_fn, show_progress=False)
+
+
+def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in directory.glob("*.json")}
+
+
+# ----------------------------------------------------------------------------- config
+@pytest.mark.parametrize("name", ["paper", "cpu_lowdata", "smoke"])
+def test_presets_are_valid(name: str) -> None:
+    assert plan_runs(load_config(PRESETS / f"{name}.yaml"))
+
+
+def test_paper_preset_pins_the_table2_widths() -> None:
+    config = load_config(PRESETS / "paper.yaml")
+    specs = plan_runs(config)
+    assert len(specs) == 2 * 10 * 30
+    assert config.epochs == 100 and config.val_every_n_epochs == 1
+    assert config.val_videos is None and config.test_videos is None
+    paper = paper_table()
+    for spec in specs[:20]:  # run 0: one run per family and size
+        assert spec.batch_size == (10 if spec.train_videos == 10 else 20)
+        model = LeNet5(spec.candidate.channels, spec.candidate.conv)
+        params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        assert params == paper[spec.train_videos][f"{spec.family}_params"], spec.run_id
+
+
+def test_plan_runs_run_index_outermost(tmp_path: Path) -> None:
+    specs = plan_runs(tiny_config(tmp_path, runs=3))
+    assert [s.run for s in specs] == sorted(s.run for s in specs)
+    assert len(specs) == 12 and len({s.run_id for s in specs}) == 12
+    assert all(s.init_seed == s.run for s in specs)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"epoch": 3}, r"unknown key\(s\) \['epoch'\] in top level"),
+        ({"families": {"3D": [{"name": "a", "channels": [4, 14], "lr": 0.1, "width": 3}]}},
+         r"unknown key\(s\) \['width'\] in families.3D\[0\]"),
+        ({"families": {"2D": [{"name": "a", "channels": [4, 14], "lr": 0.1}]}},
+         r"unknown key\(s\) \['2D'\] in families; allowed: 3D, 3DTTN"),
+        ({"families": {"3D": [{"name": "a", "channels": [4, 14], "lr": 0.1, "conv": "conv2d"}]}},
+         r"families.3D\[0\].conv: family 3D uses conv 'conv3d', got 'conv2d'"),
+        ({"families": {"3D": [{"name": "a", "channels": [4], "lr": 0.1}]}},
+         r"channels must be two integers"),
+        ({"families": {"3D": [{"name": "a", "channels": [4, 14], "lr": 0}]}},
+         r"lr must be a number > 0, got 0"),
+        ({"families": {"3D": [{"name": "a", "channels": [4, 14], "lr": 0.1, "sizes": [10]}]}},
+         r"families.3D: no candidate applies to size 20"),
+        ({"families": {"3D": [{"name": "a", "channels": [4, 14], "lr": 0.1}] * 2}},
+         r"candidate names must be unique"),
+        ({"sizes": [10, 15]}, r"sizes\[1\]: training-set size must be a positive multiple of 10"),
+        ({"sizes": [0]}, r"positive multiple of 10 \(class-balanced\), got 0"),
+        ({"sizes": [10, 10]}, r"sizes lists a size twice"),
+        ({"sizes": [10, 4010]}, r"size 4010: source 'embedded' has 4000 training videos"),
+        ({"sizes": [10, 60000], "source": "mnist"}, r"source 'mnist' has 50000 training"),
+        ({"val_videos": 600}, r"val_videos must be null .* up to 500 for source 'embedded'"),
+        ({"test_videos": 20000, "source": "mnist"}, r"test_videos .* up to 10000"),
+        ({"runs": 0}, r"runs must be an integer >= 1, got 0"),
+        ({"epochs": 2, "val_every_n_epochs": 3}, r"val_every_n_epochs \(3\) must be <= epochs"),
+        ({"source": "imagenet"}, r"source must be one of auto, embedded, mnist, download"),
+        ({"deterministic": "yes"}, r"deterministic must be true, false or warn"),
+        ({"batch_size_overrides": {15: 5}}, r"batch_size_overrides key: .* got 15"),
+    ],
+)
+def test_bad_sweep_file_is_rejected(tmp_path: Path, overrides: dict, match: str) -> None:
+    with pytest.raises(SweepConfigError, match=match):
+        tiny_config(tmp_path, **overrides)
+
+
+def test_bad_sweep_file_fails_before_any_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"output_dir: {tmp_path / 'out'}\nsizes: [10, 25]\nfamilies: {{}}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(path)])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "sizes[1]: training-set size must be a positive multiple of 10" in message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text", ["1", "2/2", "-1/2", "a/b", "0/0"])
+def test_bad_shard_is_rejected(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(json.dumps(tiny_raw(tmp_path / "out")))
+    with pytest.raises(SystemExit):
+        main(["--config", str(path), "--shard", text, "--dry-run"])
+
+
+# ----------------------------------------------------------------------------- the runner
+def test_resume_skips_finished_runs(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path)
+    calls: list[str] = []
+
+    def counting_train(spec: RunSpec, cfg: SweepConfig) -> dict[str, Any]:
+        calls.append(spec.run_id)
+        return fake_train(spec, cfg)
+
+    first = run_sweep(config, train_fn=counting_train, show_progress=False)
+    assert first == {"total": 8, "finished_before": 0, "trained": 8, "held": 0}
+    record = json.loads(result_path(config, plan_runs(config)[0]).read_text())
+    assert record["subset_seed"] == record["run"] == 0 and record["settings"]["epochs"] == 1
+    assert set(record["versions"]) == {"python", "torch", "pytorch_lightning", "lightning_ttn"}
+    second = run_sweep(config, train_fn=counting_train, show_progress=False)
+    assert second == {"total": 8, "finished_before": 8, "trained": 0, "held": 0}
+    assert len(calls) == 8
+    assert (Path(config.output_dir) / "sweep.yaml").exists()
+
+
+def test_resume_rejects_changed_settings_but_allows_more_runs(tmp_path: Path) -> None:
+    run_sweep(tiny_config(tmp_path), train_fn=fake_train, show_progress=False)
+    with pytest.raises(SweepConfigError, match="with different epochs"):
+        run_sweep(tiny_config(tmp_path, epochs=2), train_fn=fake_train, show_progress=False)
+    counts = run_sweep(tiny_config(tmp_path, runs=3), train_fn=fake_train, show_progress=False)
+    assert counts["trained"] == 4 and counts["finished_before"] == 8
+
+
+def test_a_run_held_by_another_worker_is_skipped(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path)
+    first = plan_runs(config)[0]
+    result_path(config, first).parent.mkdir(parents=True)
+    with FileLock(str(result_path(config, first).with_suffix(".lock"))):
+        counts = run_sweep(config, train_fn=fake_train, show_progress=False)
+    assert counts["held"] == 1 and counts["trained"] == 7
+    assert not result_path(config, first).exists()
+
+
+def test_shards_partition_the_runs(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, runs=3)
+    all_ids = [s.run_id for s in plan_runs(config)]
+    shards = [[s.run_id for s in shard_runs(plan_runs(config), k, 5)] for k in range(5)]
+    assert sorted(sum(shards, [])) == sorted(all_ids)
+    assert len(set(sum(shards, []))) == len(all_ids)
+    for k in range(3):
+        run_sweep(config, shard=(k, 3), train_fn=fake_train, show_progress=False)
+    assert len(list((Path(config.output_dir) / "runs").glob("*.json"))) == len(all_ids)
+
+
+def test_killed_worker_run_is_redone_and_finished_runs_are_untouched(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path)
+    specs = plan_runs(config)
+    victim = specs[3]
+    marker = tmp_path / "marker"
+    train_fn = functools.partial(
+        fake_train_killed_at, victim=victim.run_id, marker=str(marker)
+    )
+    worker = multiprocessing.get_context("spawn").Process(
+        target=sweep_worker, args=(config, train_fn)
+    )
+    worker.start()
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert worker.is_alive() and time.monotonic() < deadline, "worker never reached run 3"
+        time.sleep(0.1)
+    lock = FileLock(str(result_path(config, victim).with_suffix(".lock")), timeout=0)
+    with pytest.raises(Timeout):
+        lock.acquire()  # the worker holds the run
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.join()
+    runs = Path(config.output_dir) / "runs"
+    before = snapshot(runs)
+    assert sorted(before) == sorted(f"{s.run_id}.json" for s in specs[:3])
+
+    counts = run_sweep(config, train_fn=fake_train, show_progress=False)
+
+    assert counts == {"total": 8, "finished_before": 3, "trained": 5, "held": 0}
+    after = snapshot(runs)
+    assert {name: after[name] for name in before} == before
+    assert json.loads(result_path(config, victim).read_text())["run_id"] == victim.run_id
+    assert not list(runs.glob(".*.tmp"))
+
+
+def test_concurrent_workers_train_each_run_once(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, runs=3)
+    log_path = tmp_path / "trained.log"
+    train_fn = functools.partial(logged_fake_train, log_path=str(log_path))
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=sweep_worker, args=(config, train_fn)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=180)
+        assert worker.exitcode == 0
+    trained = log_path.read_text().split()
+    expected = sorted(s.run_id for s in plan_runs(config))
+    assert sorted(trained) == expected
+    assert sorted(p.stem for p in (Path(config.output_dir) / "runs").glob("*.json")) == expected
+
+
+# ----------------------------------------------------------------------------- train_one
+class RandomClips(LightningDataModule):
+    """Random clips standing in for Video-MNIST; the same subset_seed gives the same data."""
+
+    def __init__(self, subset_seed: int, batch_size: int) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(subset_seed)
+        self.x = torch.rand(10, 1, 30, 28, 28, generator=generator)
+        self.y = torch.arange(10)
+        self.batch_size = batch_size
+
+    def _loader(self, shuffle: bool) -> DataLoader:
+        return DataLoader(TensorDataset(self.x, self.y), batch_size=self.batch_size,
+                          shuffle=shuffle)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(shuffle=False)
+
+
+def random_clips(spec: RunSpec, config: SweepConfig) -> LightningDataModule:
+    return RandomClips(spec.run, spec.batch_size)
+
+
+def test_train_one_is_deterministic_and_tests_the_best_weights(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, sizes=[10], runs=1, epochs=2)
+    spec = next(s for s in plan_runs(config) if s.family == "3DTTN")
+    first = train_one(spec, config, make_datamodule=random_clips)
+    second = train_one(spec, config, make_datamodule=random_clips)
+    assert {k: first[k] for k in METRIC_KEYS} == {k: second[k] for k in METRIC_KEYS}
+    assert [epoch for epoch, _ in first["val_acc_history"]] == [1, 2]
+    assert first["best_val_acc"] == max(acc for _, acc in first["val_acc_history"])
+    assert first["num_parameters"] == 222940
+    # Validation and test data are the same here: the test scores the best-validation weights.
+    assert first["test_acc"] == pytest.approx(first["best_val_acc"])
+
+
+@pytest.mark.slow
+def test_smoke_preset_end_to_end(tmp_path: Path) -> None:
+    raw = load_config(PRESETS / "smoke.yaml").to_dict()
+    raw.update(output_dir=str(tmp_path / "smoke"), data_dir=str(REPO / "data"))
+    config = parse_config(raw)
+    first = run_sweep(config, shard=(0, 2), show_progress=False)
+    second = run_sweep(config, shard=(1, 2), show_progress=False)
+    assert first["trained"] + second["trained"] == 8
+    assert run_sweep(config, show_progress=False)["trained"] == 0
+    write_report(config.output_dir)
+    for name in ("table.md", "table.csv", "figure.png"):
+        assert (Path(config.output_dir) / name).stat().st_size > 0
+    record = json.loads(result_path(config, plan_runs(config)[0]).read_text())
+    assert record["data_source"] == "embedded" and 0 <= record["test_acc"] <= 1
