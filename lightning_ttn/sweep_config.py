@@ -24,9 +24,9 @@ A sweep file is YAML (or JSON) with these keys (only ``families`` and ``sizes`` 
     tensorboard: false                 # one TensorBoard log per run under <output_dir>/tensorboard
     families:
       3D:
-        - {name: w18-28, channels: [18, 28], lr: 0.01}               # conv defaults to conv3d
+        - {name: w18-28, channels: [18, 28], lr: 0.05}               # conv defaults to conv3d
       3DTTN:
-        - {name: w4-14, channels: [4, 14], conv: ttconv3d, lr: 0.01, sizes: [500, 2000]}
+        - {name: w4-14, channels: [4, 14], conv: ttconv3d, lr: 0.05, sizes: [500, 2000]}
 """
 
 from __future__ import annotations

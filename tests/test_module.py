@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import functools
 
+import pytest
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -22,7 +23,7 @@ def test_default_recipe_is_sgd_momentum_with_plateau_decay_on_val_acc():
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]
     assert isinstance(optimizer, torch.optim.SGD)
-    assert optimizer.defaults["lr"] == 0.01 and optimizer.defaults["momentum"] == 0.9
+    assert optimizer.defaults["lr"] == 0.05 and optimizer.defaults["momentum"] == 0.9
     plateau = scheduler["scheduler"]
     assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)
     assert (plateau.mode, plateau.patience, plateau.factor) == ("max", 10, 0.1)
@@ -45,7 +46,7 @@ def test_records_model_name_and_parameter_count_outside_init_hparams():
     assert module.model_name == "LeNet-5-3DTTN (18, 28)"
     assert module.num_parameters == 444_966
     # hparams must stay valid init arguments: LightningCLI re-parses them from checkpoints.
-    assert set(module.hparams) == {"num_classes", "optimizer", "lr_scheduler"}
+    assert set(module.hparams) == {"num_classes", "optimizer", "lr_scheduler", "max_grad_norm"}
 
 
 def test_fit_validate_test_log_metrics(tmp_path):
@@ -89,3 +90,30 @@ def test_training_reduces_loss_on_a_learnable_toy_task():
     with torch.no_grad():
         final = torch.nn.functional.cross_entropy(module(clips), labels).item()
     assert final < 0.5 * initial
+
+
+def test_plateau_scheduler_steps_only_after_validations():
+    # A stale val/acc between validations must not count as "no improvement".
+    trainer = pl.Trainer(check_val_every_n_epoch=5, logger=False)
+    module = VideoClassifier(LeNet5((4, 14), "conv3d"))
+    module.trainer = trainer
+    assert module.configure_optimizers()["lr_scheduler"]["frequency"] == 5
+    stepwise = VideoClassifier(
+        LeNet5((4, 14), "conv3d"),
+        lr_scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=3),
+    )
+    stepwise.trainer = trainer
+    assert "frequency" not in stepwise.configure_optimizers()["lr_scheduler"]
+
+
+def test_gradients_are_clipped_to_max_grad_norm():
+    module = VideoClassifier(LeNet5((4, 14), "ttconv3d"), max_grad_norm=0.5)
+    module.trainer = pl.Trainer(logger=False)
+    optimizer = module.configure_optimizers()["optimizer"]
+    clips, labels = torch.rand(4, 1, 30, 28, 28), torch.arange(4)
+    (100.0 * torch.nn.functional.cross_entropy(module(clips), labels)).backward()
+    module.configure_gradient_clipping(optimizer)
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters()]))
+    assert norm == pytest.approx(0.5, rel=1e-4)
+    with pytest.raises(ValueError, match="max_grad_norm must be positive or None, got 0"):
+        VideoClassifier(LeNet5((4, 14), "conv3d"), max_grad_norm=0)
