@@ -1,4 +1,4 @@
-"""Train, validate or test a Video-MNIST classifier: ``python train.py fit --config configs/...``."""
+"""Train, validate or test on Video-MNIST: ``python train.py fit --config configs/...``."""
 
 from lightning_ttn.cli import main
 

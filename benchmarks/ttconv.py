@@ -120,7 +120,7 @@ def main() -> None:
             list(kernel_steps(tt)), args.repeats, args.warmup, device
         )
         t_tt, t_conv = statistics.median(times_tt), statistics.median(times_conv)
-        paired = statistics.median(a / b for a, b in zip(times_tt, times_conv))
+        paired = statistics.median(a / b for a, b in zip(times_tt, times_conv, strict=True))
         print(
             f"| {label} | {tuple(shape)} | {1e3 * t_tt:.2f} | {1e3 * t_conv:.2f} "
             f"| {t_tt / t_conv:.3f} | {paired:.3f} | {1e3 * statistics.median(times_kf):.3f} "

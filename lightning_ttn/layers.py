@@ -114,7 +114,8 @@ class TTConv3d(nn.Module):
 
         factory = {"device": device, "dtype": dtype}
         T, kH, kW = self.kernel_size
-        self.base = nn.Parameter(torch.empty(out_channels, in_channels // groups, kH, kW, **factory))
+        base_shape = (out_channels, in_channels // groups, kH, kW)
+        self.base = nn.Parameter(torch.empty(base_shape, **factory))
         n_transforms = 1 if shared_transform else T - 1
         if T == 1:
             n_transforms = 0  # a single slice has no transition to parameterize

@@ -75,7 +75,9 @@ class VideoClassifier(LightningModule):
     def forward(self, clips: Tensor) -> Tensor:
         return self.model(clips)
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy) -> Tensor:
+    def _step(
+        self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy
+    ) -> Tensor:
         clips, labels = batch  # (B, 1, T, H, W), (B,)
         logits = self.model(clips)
         loss = F.cross_entropy(logits, labels)

@@ -27,6 +27,7 @@ import matplotlib
 import numpy as np
 from scipy import stats
 
+from lightning_ttn.fileio import atomic_path, write_text_atomic
 from lightning_ttn.sweep_config import FAMILY_CONVS, SweepConfig, parse_config, plan_runs
 
 matplotlib.use("Agg")
@@ -253,7 +254,7 @@ def markdown_table(rows: list[dict[str, Any]], missing: list[str]) -> str:
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     """Writes the rows, one column per key (empty cell for a missing value)."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with path.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
         for row in rows:
@@ -287,7 +288,8 @@ def plot_figure(rows: list[dict[str, Any]], path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=150, format="png")
     plt.close(fig)
 
 
@@ -306,7 +308,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     rows = table_rows(select_configurations(records), sorted(sizes))
     missing = missing_runs(config, records) if config else []
     markdown = markdown_table(rows, missing)
-    (out / "table.md").write_text(markdown)
+    write_text_atomic(out / "table.md", markdown)
     write_csv(rows, out / "table.csv")
     plot_figure(rows, out / "figure.png")
     return markdown

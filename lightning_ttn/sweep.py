@@ -16,12 +16,10 @@ import functools
 import json
 import logging
 import math
-import os
 import platform
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -38,6 +36,7 @@ from tqdm import tqdm
 
 import lightning_ttn
 from lightning_ttn import data as video_mnist
+from lightning_ttn.fileio import write_text_atomic
 from lightning_ttn.models import LeNet5
 from lightning_ttn.module import DEFAULT_MOMENTUM, MONITOR, VideoClassifier
 from lightning_ttn.sweep_config import (
@@ -190,21 +189,6 @@ def runs_dir(config: SweepConfig) -> Path:
 def result_path(config: SweepConfig, spec: RunSpec) -> Path:
     """The JSON file of a finished run."""
     return runs_dir(config) / f"{spec.run_id}.json"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to a temporary file next to ``path``, then renames it onto ``path``.
-
-    Readers see the old file or the complete new one, never a partial file; a writer killed
-    mid-way leaves only a ``.<name>.*.tmp`` file behind.
-    """
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    ) as tmp:
-        tmp.write(text)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp.name, path)
 
 
 def _remove_stale_temp_files(path: Path) -> None:

@@ -107,7 +107,7 @@ def test_gradcheck_wrt_input_base_transform_and_bias(variant):
     x = torch.randn(1, 2, 3, 4, 4, dtype=F64, requires_grad=True)  # (B, C, D, H, W)
 
     def fn(x, *params):
-        return functional_call(layer, dict(zip(names, params)), (x,))
+        return functional_call(layer, dict(zip(names, params, strict=True)), (x,))
 
     assert torch.autograd.gradcheck(fn, (x, *params))
 

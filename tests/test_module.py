@@ -63,7 +63,7 @@ def test_fit_validate_test_log_metrics(tmp_path):
         assert key in metrics, key
     assert 0.0 <= metrics["val/acc"] <= 1.0
     assert metrics["hp/best_val_acc"] >= metrics["val/acc"]
-    assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
     (result,) = trainer.test(module, _loader(seed=2), verbose=False)
     assert set(result) >= {"test/acc", "test/loss", "hp/test_acc"}
     predictions = trainer.predict(module, _loader(seed=2))
@@ -77,9 +77,8 @@ def test_training_reduces_loss_on_a_learnable_toy_task():
     clips += 0.05 * torch.randn_like(clips)
     labels = torch.cat([torch.ones(8), torch.zeros(8)]).long()
     loader = DataLoader(TensorDataset(clips, labels), batch_size=8, shuffle=True)
-    module = VideoClassifier(
-        LeNet5((4, 14), "ttconv3d"), optimizer=functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9)
-    )
+    sgd = functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9)
+    module = VideoClassifier(LeNet5((4, 14), "ttconv3d"), optimizer=sgd)
     with torch.no_grad():
         initial = torch.nn.functional.cross_entropy(module(clips), labels).item()
     trainer = pl.Trainer(

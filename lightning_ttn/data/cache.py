@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import NamedTuple
 
@@ -38,6 +37,7 @@ from lightning_ttn.data.video_mnist import (
     SIZE,
     render_clips,
 )
+from lightning_ttn.fileio import atomic_path, file_digest, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +99,6 @@ def _file_names(split: str) -> tuple[str, str, str]:
     return f"{split}_videos.npy", f"{split}_labels.npy", f"{split}_index.npy"
 
 
-def _sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
 def read_manifest(entry: str | os.PathLike) -> dict:
     """Reads ``manifest.json`` of an entry.
 
@@ -141,7 +133,7 @@ def _check_file(entry: Path, name: str, meta: dict, verify: bool) -> None:
             f"{meta['dtype']} {tuple(meta['shape'])}"
         )
     if verify:
-        actual = _sha256(path)
+        actual = file_digest(path)
         if actual != meta["sha256"]:
             raise CacheError(
                 f"cache file {path} is corrupted: sha256 {actual}, manifest says {meta['sha256']}"
@@ -197,17 +189,12 @@ def open_split(entry: str | os.PathLike, split: str, verify: bool = False) -> Ca
     return CachedSplit(videos, np.asarray(labels), np.asarray(index))
 
 
-def _tmp_path(entry: Path, name: str) -> Path:
-    # Unique per writer; created by open()/open_memmap, so it gets the usual umask permissions.
-    return entry / f".{name}.{uuid.uuid4().hex}.tmp"
-
-
 def _file_meta(path: Path, array: np.ndarray) -> dict:
     return {
         "shape": list(array.shape),
         "dtype": str(array.dtype),
         "size": path.stat().st_size,
-        "sha256": _sha256(path),
+        "sha256": file_digest(path),
     }
 
 
@@ -215,24 +202,22 @@ def _write_split(entry: Path, split: str, source: DigitSource, seed: int, chunk:
     digits, labels, index = source.split(split)
     names = _file_names(split)
     files = {}
-    tmp = _tmp_path(entry, names[0])
-    videos = np.lib.format.open_memmap(
-        tmp, mode="w+", dtype=np.uint8, shape=(len(digits), FRAMES, SIZE, SIZE)
-    )
-    for start in range(0, len(digits), chunk):
-        sl = slice(start, start + chunk)
-        videos[sl] = render_clips(digits[sl], labels[sl], seed, index[sl])
-    videos.flush()
-    files[names[0]] = _file_meta(tmp, videos)
-    del videos  # close the memmap before moving the file
-    os.replace(tmp, entry / names[0])
+    with atomic_path(entry / names[0]) as tmp:
+        videos = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.uint8, shape=(len(digits), FRAMES, SIZE, SIZE)
+        )
+        for start in range(0, len(digits), chunk):
+            sl = slice(start, start + chunk)
+            videos[sl] = render_clips(digits[sl], labels[sl], seed, index[sl])
+        videos.flush()
+        files[names[0]] = _file_meta(tmp, videos)
+        del videos  # close the memmap before moving the file
     for name, array in zip(names[1:], (labels, index), strict=True):
         array = np.ascontiguousarray(array, dtype=np.int64)
-        tmp = _tmp_path(entry, name)
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        files[name] = _file_meta(tmp, array)
-        os.replace(tmp, entry / name)
+        with atomic_path(entry / name) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, array)
+            files[name] = _file_meta(tmp, array)
     return files
 
 
@@ -246,9 +231,7 @@ def _render_entry(entry: Path, identity: dict, source: DigitSource, chunk: int) 
     for split in SPLITS:
         files.update(_write_split(entry, split, source, identity["seed"], chunk))
     manifest = {"key": entry.name, **identity, "files": files}
-    tmp = _tmp_path(entry, MANIFEST)
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp, entry / MANIFEST)
+    write_text_atomic(entry / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
     return manifest
 
 

@@ -17,13 +17,14 @@ import os
 import struct
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from lightning_ttn.fileio import atomic_path, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -215,14 +216,6 @@ def read_mnist(directory: str | os.PathLike) -> DigitSource:
 
 
 # ----------------------------------------------------------------------------- download
-def _md5(path: Path) -> str:
-    md5 = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            md5.update(block)
-    return md5.hexdigest()
-
-
 def download_file(
     filename: str,
     directory: str | os.PathLike,
@@ -254,29 +247,26 @@ def download_file(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / filename
-    if target.is_file() and _md5(target) == md5:
+    if target.is_file() and file_digest(target, "md5") == md5:
         return target
     failures = []
     for mirror in mirrors:
         url = mirror + filename
-        tmp = directory / f".{filename}.{uuid.uuid4().hex}.part"
         try:
-            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                for block in iter(lambda: resp.read(1 << 20), b""):
-                    out.write(block)
-            actual = _md5(tmp)
-            if actual != md5:
-                raise MnistFileError(
-                    f"MD5 mismatch for {filename} from {url}: expected {md5}, got {actual}"
-                )
-            os.replace(tmp, target)
+            with atomic_path(target) as tmp:
+                with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                    for block in iter(lambda: resp.read(1 << 20), b""):
+                        out.write(block)
+                actual = file_digest(tmp, "md5")
+                if actual != md5:
+                    raise MnistFileError(
+                        f"MD5 mismatch for {filename} from {url}: expected {md5}, got {actual}"
+                    )
             log.info("downloaded %s from %s", filename, mirror)
             return target
         except (urllib.error.URLError, OSError, MnistFileError) as e:
             failures.append(f"{url}: {e}")
             log.warning("download of %s failed: %s", url, e)
-        finally:
-            tmp.unlink(missing_ok=True)
     raise MnistFileError(f"could not download {filename}; tried:\n  " + "\n  ".join(failures))
 
 
