@@ -13,7 +13,8 @@ from lightning_ttn.layers import TTConv3d
 
 
 def frames_grid(frames: Tensor, zoom: int = 1, pad: int = 1) -> Tensor:
-    """Tiles ``(rows, cols, H, W)`` images into one ``(1, rows*(H+pad), cols*(W+pad))`` image.
+    """Tiles ``(rows, cols, H, W)`` images into one ``(1, rows*(zoom*H+pad), cols*(zoom*W+pad))``
+    image.
 
     Each row is min-max scaled to [0, 1] on its own, so that a filter's or a clip's time course
     is visible whatever its magnitude.

@@ -20,7 +20,8 @@ from torchmetrics.classification import MulticlassAccuracy
 # which time the plateau rule had already cut the rate (README, "Training recipe").
 DEFAULT_LR = 0.05
 DEFAULT_MOMENTUM = 0.9
-# ReduceLROnPlateau: multiply the rate by 0.1 after 10 validations without a better val/acc.
+# ReduceLROnPlateau: multiply the rate by 0.1 once more than 10 validations in a row brought no
+# better val/acc (PyTorch's `patience`); with validation every epoch, the paper's 10 epochs.
 DEFAULT_LR_FACTOR = 0.1
 DEFAULT_LR_PATIENCE = 10
 # Plain SGD + momentum occasionally takes a step on the TT transforms (scale, rotation) large
@@ -41,8 +42,9 @@ class VideoClassifier(LightningModule):
             ``lr=0.05, momentum=0.9``.
         lr_scheduler: Scheduler factory. Default: ``ReduceLROnPlateau(mode="max", factor=0.1,
             patience=10)`` on ``val/acc``, the paper's decay when validation accuracy stalls.
-            Epoch-wise schedulers are stepped after each validation (every
-            ``check_val_every_n_epoch`` epochs), so a plateau's patience counts validations.
+            A ``ReduceLROnPlateau`` is stepped after each validation (every
+            ``check_val_every_n_epoch`` epochs), so its patience counts validations; other
+            schedulers step every epoch.
         max_grad_norm: Clip the global gradient norm to this value (None: no clipping). The
             Trainer's ``gradient_clip_val``, when set, takes precedence.
     """

@@ -38,7 +38,14 @@ import lightning_ttn
 from lightning_ttn import data as video_mnist
 from lightning_ttn.fileio import write_text_atomic
 from lightning_ttn.models import LeNet5
-from lightning_ttn.module import DEFAULT_MOMENTUM, MONITOR, VideoClassifier
+from lightning_ttn.module import (
+    DEFAULT_LR_FACTOR,
+    DEFAULT_LR_PATIENCE,
+    DEFAULT_MAX_GRAD_NORM,
+    DEFAULT_MOMENTUM,
+    MONITOR,
+    VideoClassifier,
+)
 from lightning_ttn.sweep_config import (
     RESUMABLE_KEYS,
     RunSpec,
@@ -214,6 +221,15 @@ def _git_commit() -> str | None:
 
 def _provenance() -> dict[str, Any]:
     return {
+        # CPU results depend on the thread count (reduction order inside conv3d).
+        "torch_threads": torch.get_num_threads(),
+        # The recipe constants of VideoClassifier that the sweep file does not set.
+        "recipe": {
+            "momentum": DEFAULT_MOMENTUM,
+            "max_grad_norm": DEFAULT_MAX_GRAD_NORM,
+            "plateau_factor": DEFAULT_LR_FACTOR,
+            "plateau_patience_validations": DEFAULT_LR_PATIENCE,
+        },
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -281,6 +297,23 @@ def claim_and_train(
 
 
 # ----------------------------------------------------------------------------- the sweep
+def resolve_source(config: SweepConfig) -> SweepConfig:
+    """The config with ``source: auto`` replaced by what it finds now (``mnist`` or ``embedded``).
+
+    Resolved once per worker, and saved in sweep.json, so that every run of a sweep uses the
+    same digits: a worker that would resolve differently (MNIST appeared or became unreachable)
+    stops at the resume check instead of mixing sources. The split sizes are re-checked against
+    the resolved source (e.g. 5,000 training videos need full MNIST).
+
+    Raises:
+        SweepConfigError: the sizes do not fit the resolved source.
+    """
+    if config.source != "auto":
+        return config
+    resolved = video_mnist.load_digits("auto", config.data_dir, config.mnist_dir).name
+    return parse_config({**config.to_dict(), "source": resolved})
+
+
 def prepare_output_dir(config: SweepConfig) -> None:
     """Creates the output directory and saves the resolved config as sweep.yaml/sweep.json.
 
@@ -289,6 +322,12 @@ def prepare_output_dir(config: SweepConfig) -> None:
     """
     output = Path(config.output_dir)
     runs_dir(config).mkdir(parents=True, exist_ok=True)
+    # Workers starting together must not both pass the check and write different configs.
+    with FileLock(str(output / "sweep.lock")):
+        _check_and_save_config(config, output)
+
+
+def _check_and_save_config(config: SweepConfig, output: Path) -> None:
     saved_path = output / "sweep.json"
     if saved_path.exists():
         saved = parse_config(json.loads(saved_path.read_text()))
@@ -330,6 +369,7 @@ def run_sweep(
         Counts of the shard's runs: ``total``, ``finished_before``, ``trained`` and ``held``
         (skipped because another worker was training them).
     """
+    config = resolve_source(config)
     specs = shard_runs(plan_runs(config), *shard)
     prepare_output_dir(config)
     finished_before = sum(result_path(config, s).exists() for s in specs)

@@ -20,7 +20,7 @@ A sweep file is YAML (or JSON) with these keys (only ``families`` and ``sizes`` 
     test_videos: null                  # test clips per run (null: the whole split)
     accelerator: auto
     devices: 1
-    deterministic: true                # true | false | warn (passed to the Trainer)
+    deterministic: warn                # true | false | warn (passed to the Trainer)
     tensorboard: false                 # one TensorBoard log per run under <output_dir>/tensorboard
     families:
       3D:
@@ -55,7 +55,7 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 # Keys that may differ when a sweep is resumed in the same output directory: they change where
 # or how fast runs happen, or add runs, never what a finished run means.
 RESUMABLE_KEYS = (
-    "output_dir", "data_dir", "mnist_dir", "num_workers", "runs", "accelerator", "devices",
+    "output_dir", "data_dir", "mnist_dir", "num_workers", "runs", "accelerator",
     "tensorboard",
 )
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -111,7 +111,9 @@ class SweepConfig:
     test_videos: int | None = None
     accelerator: str = "auto"
     devices: int = 1
-    deterministic: bool | str = True
+    # grid_sample (TTConv3d) has no deterministic CUDA backward: "warn" keeps GPU runs alive
+    # and is deterministic on CPU.
+    deterministic: bool | str = "warn"
     tensorboard: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -249,6 +251,13 @@ def _families(value: Any, sizes: tuple[int, ...]) -> dict[str, tuple[Candidate, 
     families = {}
     for family, candidates in value.items():
         families[family] = _candidates(family, candidates)
+        for candidate in families[family]:
+            extra = sorted(set(candidate.sizes or ()) - set(sizes))
+            if extra:
+                raise SweepConfigError(
+                    f"families.{family}: candidate {candidate.name!r} lists sizes {extra} that "
+                    f"are not in the sweep's sizes {list(sizes)}"
+                )
         for size in sizes:
             if not any(c.applies_to(size) for c in families[family]):
                 raise SweepConfigError(f"families.{family}: no candidate applies to size {size}")
@@ -309,16 +318,23 @@ def _batch_size_overrides(value: Any) -> dict[int, int]:
 
 
 def _check_scalars(config: SweepConfig) -> None:
-    for key in ("runs", "epochs", "val_every_n_epochs", "batch_size", "devices"):
+    for key in ("runs", "epochs", "val_every_n_epochs", "batch_size"):
         _positive_int(getattr(config, key), key)
+    if config.devices != 1:
+        # DDP would re-run this command in every extra process, and each would claim its own
+        # run and then average gradients with the others: parallelize runs, not a run.
+        raise SweepConfigError(
+            f"devices must be 1 (one device per run), got {config.devices!r}; to use several "
+            "devices, start one worker per device with --shard k/n"
+        )
     for key in ("seed_offset", "render_seed", "num_workers"):
         value = getattr(config, key)
         if not _is_int(value) or value < 0:
             raise SweepConfigError(f"{key} must be an integer >= 0, got {value!r}")
-    if config.val_every_n_epochs > config.epochs:
+    if config.epochs % config.val_every_n_epochs:
         raise SweepConfigError(
-            f"val_every_n_epochs ({config.val_every_n_epochs}) must be <= epochs "
-            f"({config.epochs}), else no validation ever runs"
+            f"epochs ({config.epochs}) must be a multiple of val_every_n_epochs "
+            f"({config.val_every_n_epochs}), else the last epochs are trained but never validated"
         )
     if config.source not in SPLIT_SIZES:
         raise SweepConfigError(

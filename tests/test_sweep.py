@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,9 +18,17 @@ from filelock import FileLock, Timeout
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_ttn import sweep
 from lightning_ttn.models import LeNet5
 from lightning_ttn.report import paper_table, write_report
-from lightning_ttn.sweep import main, result_path, run_sweep, train_one
+from lightning_ttn.sweep import (
+    BestValidationWeights,
+    main,
+    resolve_source,
+    result_path,
+    run_sweep,
+    train_one,
+)
 from lightning_ttn.sweep_config import (
     RunSpec,
     SweepConfig,
@@ -148,7 +157,12 @@ def test_plan_runs_run_index_outermost(tmp_path: Path) -> None:
         ({"val_videos": 600}, r"val_videos must be null .* up to 500 for source 'embedded'"),
         ({"test_videos": 20000, "source": "mnist"}, r"test_videos .* up to 10000"),
         ({"runs": 0}, r"runs must be an integer >= 1, got 0"),
-        ({"epochs": 2, "val_every_n_epochs": 3}, r"val_every_n_epochs \(3\) must be <= epochs"),
+        ({"epochs": 2, "val_every_n_epochs": 3}, r"epochs \(2\) must be a multiple of val_every"),
+        ({"epochs": 7, "val_every_n_epochs": 2}, r"epochs \(7\) must be a multiple of val_every"),
+        ({"devices": 2}, r"devices must be 1 .* got 2; .* --shard k/n"),
+        ({"families": {"3D": [{"name": "a", "channels": [4, 14], "lr": 0.1,
+                               "sizes": [10, 20, 30]}]}},
+         r"candidate 'a' lists sizes \[30\] that are not in the sweep's sizes \[10, 20\]"),
         ({"source": "imagenet"}, r"source must be one of auto, embedded, mnist, download"),
         ({"deterministic": "yes"}, r"deterministic must be true, false or warn"),
         ({"batch_size_overrides": {15: 5}}, r"batch_size_overrides key: .* got 15"),
@@ -336,3 +350,30 @@ def test_smoke_preset_end_to_end(tmp_path: Path) -> None:
         assert (Path(config.output_dir) / name).stat().st_size > 0
     record = json.loads(result_path(config, plan_runs(config)[0]).read_text())
     assert record["data_source"] == "embedded" and 0 <= record["test_acc"] <= 1
+
+
+def test_best_validation_weights_keeps_the_best_epoch_not_the_last() -> None:
+    module = torch.nn.Linear(2, 2)
+    best = BestValidationWeights()
+    for epoch, (accuracy, fill) in enumerate([(0.5, 1.0), (0.7, 2.0), (0.6, 3.0), (0.7, 4.0)]):
+        torch.nn.init.constant_(module.weight, fill)
+        trainer = SimpleNamespace(
+            sanity_checking=False, current_epoch=epoch, callback_metrics={"val/acc": accuracy}
+        )
+        best.on_validation_end(trainer, module)
+    assert best.history == [(1, 0.5), (2, 0.7), (3, 0.6), (4, 0.7)]
+    assert (best.best_epoch, best.best_val_acc) == (2, 0.7)  # the first of equal accuracies
+    assert torch.equal(best.best_state["weight"], torch.full((2, 2), 2.0))
+
+
+def test_auto_source_is_resolved_once_and_sizes_checked_against_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        sweep.video_mnist, "load_digits", lambda *args, **kwargs: SimpleNamespace(name="embedded")
+    )
+    config = tiny_config(tmp_path, source="auto")
+    assert resolve_source(config).source == "embedded"
+    too_big = tiny_config(tmp_path, source="auto", sizes=[10, 5000])  # fits full MNIST only
+    with pytest.raises(SweepConfigError, match="source 'embedded' has 4000 training videos"):
+        resolve_source(too_big)

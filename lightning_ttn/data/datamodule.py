@@ -127,8 +127,9 @@ class VideoMNISTDataModule(pl.LightningDataModule):
             a positive multiple of 10); None = the whole training split.
         val_videos: number of validation videos, class-balanced with a fixed seed; None = all.
         test_videos: number of test videos, class-balanced with a fixed seed; None = all.
-        subset_seed: seeds the choice of training videos and the training shuffle order; the
-            same seed selects the same videos whatever the model.
+        subset_seed: seeds the choice of training videos and, on one device, the training
+            shuffle order (under DDP, Lightning's DistributedSampler shuffles, seeded by
+            ``seed_everything``); the same seed selects the same videos whatever the model.
         batch_size: clips per batch (>= 1).
         num_workers: DataLoader worker processes (0 = load in the main process).
         render_seed: seed of the random motion variations (part of the cache key).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import importlib.util
 import logging
 import os
@@ -202,8 +203,10 @@ def read_mnist(directory: str | os.PathLike) -> DigitSource:
     test_x, test_y = _read_pair(directory, "t10k")
     n_train = len(train_x)
     if n_train <= _MNIST_TRAIN_SIZE:
+        # Anything beyond the first 50,000 is the validation split (10,000 in official MNIST).
         raise MnistFileError(
-            f"MNIST training file in {directory} holds {n_train} digits; expected 60000"
+            f"MNIST training file in {directory} holds {n_train} digits; expected more than "
+            f"{_MNIST_TRAIN_SIZE} (the official file has 60000)"
         )
     index = np.arange(n_train + len(test_x), dtype=np.int64)
     cut = _MNIST_TRAIN_SIZE
@@ -264,7 +267,8 @@ def download_file(
                     )
             log.info("downloaded %s from %s", filename, mirror)
             return target
-        except (urllib.error.URLError, OSError, MnistFileError) as e:
+        # HTTPException: a mirror that drops the connection mid-file (IncompleteRead).
+        except (urllib.error.URLError, http.client.HTTPException, OSError, MnistFileError) as e:
             failures.append(f"{url}: {e}")
             log.warning("download of %s failed: %s", url, e)
     raise MnistFileError(f"could not download {filename}; tried:\n  " + "\n  ".join(failures))
