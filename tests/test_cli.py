@@ -101,7 +101,8 @@ def test_ddp_two_cpu_processes_share_the_cache_and_sync_metrics(tmp_path):
     ddp = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
     fit = run_cli("fit", "--config", SMOKE, *ddp, cwd=tmp_path)
     assert "Initializing distributed: GLOBAL_RANK: 1" in fit.stdout + fit.stderr
-    # Rank 0 rendered one cache entry; rank 1 waited for it and rendered nothing of its own.
+    # Both ranks share one complete cache entry (rank 0 renders in prepare_data under the file
+    # lock; rank 1 only opens it in setup).
     entries = [p for p in (tmp_path / "data" / "video_mnist").iterdir() if p.is_dir()]
     assert len(entries) == 1 and (entries[0] / "manifest.json").is_file()
     # Each rank sees half of the 20 validation clips; synced accuracy equals one process's.

@@ -116,3 +116,16 @@ def test_gradients_are_clipped_to_max_grad_norm():
     assert norm == pytest.approx(0.5, rel=1e-4)
     with pytest.raises(ValueError, match="max_grad_norm must be positive or None, got 0"):
         VideoClassifier(LeNet5((4, 14), "conv3d"), max_grad_norm=0)
+
+
+def test_plateau_scheduler_is_stepped_once_per_validation_in_a_fit(tmp_path):
+    pl.seed_everything(0)
+    module = VideoClassifier(LeNet5((4, 14), "ttconv3d"))
+    trainer = pl.Trainer(
+        max_epochs=6, check_val_every_n_epoch=2, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        limit_train_batches=1,
+    )
+    trainer.fit(module, _loader(n=4), _loader(n=4, seed=1))
+    plateau = trainer.lr_scheduler_configs[0].scheduler
+    assert plateau.last_epoch == 3  # epochs 2, 4 and 6; stepping every epoch would give 6
