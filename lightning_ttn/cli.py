@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 from jsonargparse import lazy_instance
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
@@ -47,4 +50,12 @@ class VideoCLI(LightningCLI):
 
 
 def main() -> None:
+    # Show the package's info messages (digit source used, cache rendering, subset sizes).
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    package_logger = logging.getLogger("lightning_ttn")
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    # A deprecation inside Lightning 2.6 under torch 2.13, repeated on every fit; not ours to fix.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     VideoCLI(VideoClassifier, VideoMNISTDataModule, seed_everything_default=0)
