@@ -29,7 +29,7 @@ steps. *Paired overhead* is the median over repeats of the ratio of the two adja
 ``on_train_epoch_end`` (setup, ``configure_optimizers``, teardown): paid once per ``fit``, so its
 share shrinks with the epoch length. Torch threads: default unless ``--threads``.
 
-    python -m benchmarks.training --train-videos 200 --repeats 3
+    python benchmarks/training.py --train-videos 200 --repeats 3
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ the paired ratio (median of the per-repeat ratios of adjacent calls, more robust
 processes share the CPU). The kernel-build columns time ``layer.kernel()`` alone (the ``T-1``
 sequential ``grid_sample`` calls), forward and forward+backward. Torch threads: default.
 
-    python -m benchmarks.ttconv --repeats 30 --device cpu --dtype float32
+    python benchmarks/ttconv.py --repeats 30 --device cpu --dtype float32
 """
 
 from __future__ import annotations
