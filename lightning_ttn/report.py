@@ -114,7 +114,10 @@ def paper_table() -> dict[int, dict[str, float]]:
 def select_configurations(records: list[dict[str, Any]]) -> dict[tuple[str, int], Selection]:
     """The paper's model selection for every ``(family, train_videos)`` with results.
 
-    Ties in mean validation accuracy go to the first candidate name in sorted order.
+    Candidates are compared on the runs they all finished, i.e. on the same training videos (on
+    a partial sweep one candidate may have more runs than another); if they share no run, each
+    on its own runs. Ties in mean validation accuracy go to the first candidate name in sorted
+    order. The selected candidate's statistics use all its runs.
     """
     groups: dict[tuple[str, int], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
@@ -122,8 +125,10 @@ def select_configurations(records: list[dict[str, Any]]) -> dict[tuple[str, int]
         groups[key][record["candidate"]["name"]].append(record)
     selections = {}
     for key, by_candidate in groups.items():
+        shared = set.intersection(*({r["run"] for r in runs} for runs in by_candidate.values()))
         mean_val = {
-            name: float(np.mean([r["best_val_acc"] for r in runs]))
+            name: float(np.mean([r["best_val_acc"] for r in runs if r["run"] in shared]
+                                or [r["best_val_acc"] for r in runs]))
             for name, runs in by_candidate.items()
         }
         best = max(sorted(mean_val), key=mean_val.__getitem__)

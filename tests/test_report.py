@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lightning_ttn.report import main, paper_table, write_report
+from lightning_ttn.report import main, paper_table, select_configurations, write_report
 from lightning_ttn.sweep_config import dump_config, parse_config
 
 SWEEP = {
@@ -104,3 +104,15 @@ def test_paper_table_is_table2() -> None:
     assert table[10] == {"3D_mean_acc": 0.374, "3D_stderr": 0.0122, "3D_params": 375668,
                          "3DTTN_mean_acc": 0.477, "3DTTN_stderr": 0.0139, "3DTTN_params": 444966}
     assert table[5000]["3D_mean_acc"] == 0.994 and table[1000]["3DTTN_params"] == 254058
+
+
+def test_candidates_are_compared_on_the_runs_they_share() -> None:
+    def record(name: str, run: int, val_acc: float) -> dict:
+        return {"family": "3D", "train_videos": 10, "candidate": {"name": name}, "run": run,
+                "best_val_acc": val_acc, "test_acc": 0.5, "num_parameters": 1}
+
+    # "a" looks better over its own two runs (0.7) but is worse than "b" on the shared run 0.
+    records = [record("a", 0, 0.5), record("a", 1, 0.9), record("b", 0, 0.6)]
+    selection = select_configurations(records)[("3D", 10)]
+    assert (selection.candidate, selection.mean_val_acc) == ("b", 0.6)
+    assert select_configurations(records[:2])[("3D", 10)].mean_val_acc == pytest.approx(0.7)
