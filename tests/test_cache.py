@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,19 +118,36 @@ def test_incomplete_entry_is_not_used(source, tmp_path):
     validate_entry(entry, verify=True)
 
 
-def _render_in_child(data_dir: str, queue) -> None:
-    queue.put(str(get_or_render(_small_source(), seed=7, data_dir=data_dir)))
+def _render_in_child(data_dir: str, queue, barrier) -> None:
+    from lightning_ttn.data import cache
+
+    render_entry = cache._render_entry
+
+    def counted_render(entry, *args):
+        # One marker file per actual render, so the test can count them across processes.
+        (Path(data_dir) / f"rendered-by-{os.getpid()}").touch()
+        return render_entry(entry, *args)
+
+    cache._render_entry = counted_render
+    source = _small_source()
+    barrier.wait()  # both processes ask for the missing entry at the same moment
+    queue.put(str(cache.get_or_render(source, seed=7, data_dir=data_dir)))
 
 
 def test_concurrent_renders_give_one_valid_entry(source, tmp_path):
     ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_render_in_child, args=(str(tmp_path), queue)) for _ in range(2)]
+    queue, barrier = ctx.Queue(), ctx.Barrier(2)
+    procs = [
+        ctx.Process(target=_render_in_child, args=(str(tmp_path), queue, barrier))
+        for _ in range(2)
+    ]
     for p in procs:
         p.start()
     for p in procs:
         p.join(timeout=120)
     assert [p.exitcode for p in procs] == [0, 0]
+    # The lock makes the second process wait and then find the first one's entry.
+    assert len(list(tmp_path.glob("rendered-by-*"))) == 1
     entries = {queue.get(timeout=5) for _ in procs}
     assert len(entries) == 1
     entry = entries.pop()
