@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gc
 import inspect
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DistributedSampler
 
 from lightning_ttn.data import VideoMNISTDataModule
 from lightning_ttn.data.cache import open_split
@@ -115,3 +117,18 @@ def test_worker_processes(data_dir):
 def test_loaders_need_setup():
     with pytest.raises(RuntimeError, match="setup"):
         VideoMNISTDataModule(source="embedded").train_dataloader()
+
+
+def test_ddp_training_shuffle_is_seeded_by_subset_seed_and_partitions_the_videos(data_dir):
+    orders = {}
+    for rank in (0, 1):
+        dm = _dm(data_dir, train_videos=40, subset_seed=3, batch_size=4)
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        loader = dm.train_dataloader()
+        assert isinstance(loader.sampler, DistributedSampler) and loader.sampler.seed == 3
+        orders[rank] = [int(i) for i in loader.sampler]
+    assert len(orders[0]) == len(orders[1]) == 20
+    assert sorted(orders[0] + orders[1]) == list(range(40))  # each video on exactly one rank
+    again = _dm(data_dir, train_videos=40, subset_seed=3, batch_size=4)
+    again.trainer = SimpleNamespace(world_size=2, global_rank=0)
+    assert [int(i) for i in again.train_dataloader().sampler] == orders[0]

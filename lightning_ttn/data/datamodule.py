@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_ttn.data.cache import SPLITS, CachedSplit, get_or_render, open_split
 from lightning_ttn.data.mnist import SOURCES, DigitSource, load_digits
@@ -127,9 +127,8 @@ class VideoMNISTDataModule(pl.LightningDataModule):
             a positive multiple of 10); None = the whole training split.
         val_videos: number of validation videos, class-balanced with a fixed seed; None = all.
         test_videos: number of test videos, class-balanced with a fixed seed; None = all.
-        subset_seed: seeds the choice of training videos and, on one device, the training
-            shuffle order (under DDP, Lightning's DistributedSampler shuffles, seeded by
-            ``seed_everything``); the same seed selects the same videos whatever the model.
+        subset_seed: seeds the choice of training videos and the training shuffle order (also
+            under DDP); the same seed selects the same videos whatever the model.
         batch_size: clips per batch (>= 1).
         num_workers: DataLoader worker processes (0 = load in the main process).
         render_seed: seed of the random motion variations (part of the cache key).
@@ -236,11 +235,23 @@ class VideoMNISTDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             raise RuntimeError(f"the {split} split is not set up; call setup() first")
-        generator = torch.Generator().manual_seed(self.subset_seed) if shuffle else None
+        dataset = self.datasets[split]
+        generator, sampler = None, None
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        if shuffle and world_size > 1:
+            # Lightning would inject a DistributedSampler seeded by seed_everything; this one
+            # keeps the shuffle order a function of subset_seed, as on one device.
+            sampler = DistributedSampler(
+                dataset, world_size, self.trainer.global_rank, shuffle=True, seed=self.subset_seed
+            )
+            shuffle = False
+        elif shuffle:
+            generator = torch.Generator().manual_seed(self.subset_seed)
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             generator=generator,
             num_workers=self.num_workers,
             collate_fn=collate_clips,
