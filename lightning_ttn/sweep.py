@@ -181,7 +181,7 @@ def train_one(
         "best_epoch": best.best_epoch,
         "best_val_acc": best.best_val_acc,
         "test_acc": float(test_metrics["test/acc"]),
-        "num_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "num_parameters": module.num_parameters,
         # What source="auto" resolved to ("mnist" or "embedded"), where the data module says.
         "data_source": getattr(datamodule, "source_name", None),
     }

@@ -204,14 +204,15 @@ class VideoMNISTDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Loads (downloads if asked) the digits and renders the cache entry if missing."""
         self.digits = self._load_digits(allow_download=True)
-        get_or_render(self.digits, self.render_seed, self.data_dir)
+        self.cache_entry = get_or_render(self.digits, self.render_seed, self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:
         """Opens the cached splits the stage needs and selects the subsets."""
         if self.digits is None:
             self.digits = self._load_digits(allow_download=False)
         if self.cache_entry is None:
-            # A cache hit after prepare_data; renders (under the file lock) if it never ran.
+            # Ranks other than prepare_data's, or prepare_data never ran: renders under the
+            # file lock if the entry is missing.
             self.cache_entry = get_or_render(self.digits, self.render_seed, self.data_dir)
         counts = {"train": self.train_videos, "val": self.val_videos, "test": self.test_videos}
         for split in _STAGE_SPLITS[stage]:
