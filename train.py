@@ -1,6 +1,6 @@
 """Train, validate or test on Video-MNIST: ``python train.py fit --config configs/...``."""
 
-from lightning_ttn.cli import main
+from lightning_ttn.training.cli import main
 
 if __name__ == "__main__":
     main()

@@ -4,8 +4,8 @@ For LeNet-5-3D and LeNet-5-3DTTN (18, 28), one training epoch of the same Video-
 (``VideoMNISTDataModule``, embedded digits, a fresh ``dm.train_dataloader()`` each epoch, so the
 same shuffle order) is timed two ways in the same run:
 
-* **bare**: ``model.train()``, ``SGD(lr=0.05, momentum=0.9)`` and gradient-norm clipping at 1
-  (``VideoClassifier``'s defaults) and ``for x, y in loader: loss = F.cross_entropy(model(x), y);
+* **bare**: ``model.train()``, SGD with the package recipe's rate, momentum and gradient-norm
+  clipping (``Recipe()``) and ``for x, y in loader: loss = F.cross_entropy(model(x), y);
   opt.zero_grad(set_to_none=True); loss.backward(); clip_grad_norm_(...); opt.step()``.
   With ``--bare-accuracy`` it also updates a torchmetrics
   ``MulticlassAccuracy`` every step and computes it at the end of the epoch, as
@@ -52,12 +52,10 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_ttn.data.datamodule import VideoMNISTDataModule
 from lightning_ttn.models import LeNet5
-from lightning_ttn.module import (
-    DEFAULT_LR,
-    DEFAULT_MAX_GRAD_NORM,
-    DEFAULT_MOMENTUM,
-    VideoClassifier,
-)
+from lightning_ttn.training.module import VideoClassifier
+from lightning_ttn.training.recipe import Recipe
+
+RECIPE = Recipe()  # the bare loop reproduces the package recipe's optimizer and clipping
 
 MODELS = [("conv3d", (18, 28)), ("ttconv3d", (18, 28))]
 
@@ -108,7 +106,7 @@ def bare_epoch(
     steps: list[float] = []
     start = time.perf_counter()
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=DEFAULT_LR, momentum=DEFAULT_MOMENTUM)
+    opt = torch.optim.SGD(model.parameters(), lr=RECIPE.lr, momentum=RECIPE.momentum)
     for x, y in loader:
         t0 = time.perf_counter()
         logits = model(x)
@@ -117,7 +115,7 @@ def bare_epoch(
             metric.update(logits.detach(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), DEFAULT_MAX_GRAD_NORM)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), RECIPE.max_grad_norm)
         opt.step()
         steps.append(time.perf_counter() - t0)
     if metric is not None:

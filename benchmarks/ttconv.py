@@ -4,9 +4,24 @@ Both layers of a pair are timed in the same run, interleaved (alternating which 
 after a warm-up. The table reports medians over ``--repeats``, the ratio of the two medians and
 the paired ratio (median of the per-repeat ratios of adjacent calls, more robust when other
 processes share the CPU). The kernel-build columns time ``layer.kernel()`` alone (the ``T-1``
-sequential ``grid_sample`` calls), forward and forward+backward. Torch threads: default.
+sequential ``grid_sample`` calls), forward and forward+backward. Torch threads: default unless
+``--threads``.
+
+With ``--compile`` a second table compares eager and ``torch.compile`` (inductor, default mode)
+forward+backward of both modules, and of ``TTConv3d`` with ``kernel()`` excluded from
+compilation by ``torch.compiler.disable`` (only the convolution compiled), on the same layers
+with batch ``--compile-batch`` (compiling takes seconds to tens of seconds per module on a small
+CPU). The compile column is the first call (tracing, compilation, one step). Eager and compiled
+are then timed interleaved in the same process: eager times taken before the first compile are
+not comparable, since importing ``torch._dynamo``/inductor shifts glibc malloc's dynamic
+mmap/trim thresholds, which alone changed an identical eager ``nn.Conv3d`` step (batch 4) from
+8 to 20 ms of CPU time (420 vs 7,500 page faults per step) in some processes.
+``torch.compiler.reset()`` before each module, so every one is compiled fresh with static
+shapes (a second ``TTConv3d`` instance would otherwise recompile with dynamic shapes).
+``--compile-only`` skips the first table.
 
     python benchmarks/ttconv.py --repeats 30 --device cpu --dtype float32
+    python benchmarks/ttconv.py --compile-only --compile-batch 4 --repeats 10 --threads 1
 """
 
 from __future__ import annotations
@@ -81,34 +96,24 @@ def time_interleaved(
     return times
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+def non_identity(layer: TTConv3d) -> TTConv3d:
+    """A trained-looking, non-identity transform (the cost does not depend on the values)."""
+    with torch.no_grad():
+        layer.rotation.uniform_(-0.3, 0.3)
+        layer.translation.uniform_(-0.2, 0.2)
+    return layer
 
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype)
-    torch.manual_seed(args.seed)
-    factory = {"device": device, "dtype": dtype}
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+
+def main_table(args: argparse.Namespace, factory: dict) -> None:
+    """TTConv3d vs nn.Conv3d forward+backward and the kernel build alone."""
+    device = factory["device"]
     print(
-        f"torch {torch.__version__}, {name}, {torch.get_num_threads()} threads, {args.dtype}, "
-        f"median of {args.repeats} (warm-up {args.warmup})\n"
-    )
-    print(
-        "| layer | input | TTConv3d fwd+bwd (ms) | nn.Conv3d fwd+bwd (ms) | ratio TT/Conv3d "
+        "\n| layer | input | TTConv3d fwd+bwd (ms) | nn.Conv3d fwd+bwd (ms) | ratio TT/Conv3d "
         "| paired ratio | kernel build fwd (ms) | kernel build fwd+bwd (ms) |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for label, c_in, c_out, k, pad, shape, input_grad in LAYERS:
-        tt = TTConv3d(c_in, c_out, k, padding=pad, **factory)
-        with torch.no_grad():  # a trained-looking, non-identity transform (cost is value-free)
-            tt.rotation.uniform_(-0.3, 0.3)
-            tt.translation.uniform_(-0.2, 0.2)
+        tt = non_identity(TTConv3d(c_in, c_out, k, padding=pad, **factory))
         conv = nn.Conv3d(c_in, c_out, k, padding=pad, **factory)
         x = torch.randn(shape, **factory).requires_grad_(input_grad)
         grad_out = torch.randn_like(conv(x))
@@ -126,6 +131,84 @@ def main() -> None:
             f"| {t_tt / t_conv:.3f} | {paired:.3f} | {1e3 * statistics.median(times_kf):.3f} "
             f"| {1e3 * statistics.median(times_kfb):.3f} |"
         )
+
+
+def compile_table(args: argparse.Namespace, factory: dict) -> None:
+    """Eager vs ``torch.compile`` forward+backward of ``nn.Conv3d`` and ``TTConv3d``."""
+    print(
+        f"\ntorch.compile (inductor) vs eager, forward+backward, batch {args.compile_batch}\n\n"
+        "| layer | module | eager (ms) | compiled (ms) | ratio compiled/eager | paired ratio "
+        "| compile + first step (s) |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    device = factory["device"]
+    for label, c_in, c_out, k, pad, shape, input_grad in LAYERS:
+        shape = (args.compile_batch, *shape[1:])
+        x = torch.randn(shape, **factory).requires_grad_(input_grad)
+        for name in ("nn.Conv3d", "TTConv3d", "TTConv3d, kernel build eager"):
+            torch.manual_seed(args.seed)
+            if name == "nn.Conv3d":
+                layer: nn.Module = nn.Conv3d(c_in, c_out, k, padding=pad, **factory)
+            else:
+                layer = non_identity(TTConv3d(c_in, c_out, k, padding=pad, **factory))
+            if name.endswith("eager"):
+                # Only the convolution compiled: kernel() graph-breaks and runs eagerly.
+                layer.kernel = torch.compiler.disable(layer.kernel)
+            grad_out = torch.randn_like(layer(x))
+            torch.compiler.reset()
+            compiled = torch.compile(layer)
+            start = time.perf_counter()
+            train_step(compiled, x, grad_out)()
+            sync(device)
+            compile_s = time.perf_counter() - start
+            times_eager, times_compiled = time_interleaved(
+                [train_step(layer, x, grad_out), train_step(compiled, x, grad_out)],
+                args.repeats, args.warmup, device,
+            )
+            t_eager, t_compiled = statistics.median(times_eager), statistics.median(times_compiled)
+            paired = statistics.median(
+                c / e for c, e in zip(times_compiled, times_eager, strict=True)
+            )
+            print(
+                f"| {label} | {name} | {1e3 * t_eager:.2f} | {1e3 * t_compiled:.2f} "
+                f"| {t_compiled / t_eager:.3f} | {paired:.3f} | {compile_s:.1f} |"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--compile", action="store_true", help="also compare eager with torch.compile"
+    )
+    parser.add_argument(
+        "--compile-only", action="store_true", help="only the torch.compile table"
+    )
+    parser.add_argument(
+        "--compile-batch", type=int, default=4, help="batch size of the torch.compile table"
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(args.seed)
+    factory = {"device": device, "dtype": dtype}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(
+        f"torch {torch.__version__}, {name}, {torch.get_num_threads()} threads, {args.dtype}, "
+        f"median of {args.repeats} (warm-up {args.warmup})"
+    )
+    if not args.compile_only:
+        main_table(args, factory)
+    if args.compile or args.compile_only:
+        compile_table(args, factory)
 
 
 if __name__ == "__main__":

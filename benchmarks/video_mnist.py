@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/video_mnist.py            # 10,000 clips
     python benchmarks/video_mnist.py --full     # 70,000 clips (the paper's dataset size)
+    python benchmarks/video_mnist.py --motion authors
 
 Digits come from full MNIST in ``<data_dir>/mnist`` when present, else the 5,000 embedded digits
 tiled to the requested count. The cache is written to a temporary directory and deleted.
@@ -21,7 +22,7 @@ import torch
 from lightning_ttn.data.cache import get_or_render, open_split
 from lightning_ttn.data.datamodule import VideoClipDataset, collate_clips
 from lightning_ttn.data.mnist import DigitSplit, load_digits, make_source
-from lightning_ttn.data.video_mnist import render_clips
+from lightning_ttn.data.video_mnist import MOTIONS, render_clips
 
 
 def _digits(n: int, data_dir: str) -> tuple[str, DigitSplit]:
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="render 70,000 clips")
     parser.add_argument("--data-dir", default="data", help="where to look for MNIST IDX files")
     parser.add_argument("--batch-size", type=int, default=20)
+    parser.add_argument("--motion", choices=MOTIONS, default="table1", help="motion preset")
     parser.add_argument(
         "--threads", type=int, help="torch intra-op threads (default: torch's own choice)"
     )
@@ -52,7 +54,7 @@ def main() -> None:
     rows = []
 
     t0 = time.perf_counter()
-    render_clips(*split[:2], 0, split.index)
+    render_clips(*split[:2], 0, split.index, args.motion)
     dt = time.perf_counter() - t0
     rows.append((f"render {n:,} clips (in memory)", f"{dt:.2f} s", f"{n / dt:,.0f} clips/s"))
 
@@ -60,7 +62,7 @@ def main() -> None:
     source = make_source(f"benchmark-{name}", split, tiny, tiny)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        entry = get_or_render(source, 0, tmp)
+        entry = get_or_render(source, 0, tmp, motion=args.motion)
         dt = time.perf_counter() - t0
         rows.append(
             (f"render + write cache ({n:,} clips, sha256)", f"{dt:.2f} s", f"{n / dt:,.0f} clips/s")
@@ -89,7 +91,7 @@ def main() -> None:
              f"{args.batch_size / dt:,.0f} clips/s")  # fmt: skip
         )
 
-    print(f"digits: {name}, torch threads: {torch.get_num_threads()}")
+    print(f"digits: {name}, motion: {args.motion}, torch threads: {torch.get_num_threads()}")
     width = max(len(r[0]) for r in rows)
     print(f"| {'step':<{width}} | {'time':>9} | {'throughput':>15} |")
     print(f"|{'-' * (width + 2)}|{'-' * 11}|{'-' * 17}|")

@@ -20,12 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Fixed sampling choices of the paper (Eq. 4: bilinear, zero outside the slice). Named once and
-# passed explicitly so that a change of PyTorch defaults can never change the kernel.
-ALIGN_CORNERS = False
-SAMPLING_MODE = "bilinear"
-SAMPLING_PADDING_MODE = "zeros"
-
 
 def similarity_theta(scale: Tensor, rotation: Tensor, tx: Tensor, ty: Tensor) -> Tensor:
     """Affine matrices of the paper's Eq. 2, element-wise over any common leading shape.
@@ -43,7 +37,9 @@ def similarity_theta(scale: Tensor, rotation: Tensor, tx: Tensor, ty: Tensor) ->
     Returns:
         Tensor of shape ``(*shape, 2, 3)`` where ``shape`` is the broadcast shape of the inputs.
     """
-    scale, rotation, tx, ty = torch.broadcast_tensors(scale, rotation, tx, ty)
+    # Indexed, not unpacked: TorchScript cannot unpack a list of statically unknown length.
+    broadcast = torch.broadcast_tensors(scale, rotation, tx, ty)
+    scale, rotation, tx, ty = broadcast[0], broadcast[1], broadcast[2], broadcast[3]
     s_cos = scale * torch.cos(rotation)
     s_sin = scale * torch.sin(rotation)
     row_x = torch.stack([s_cos, -s_sin, tx * s_cos - ty * s_sin], dim=-1)
@@ -65,24 +61,33 @@ def build_tt_kernel(base: Tensor, theta: Tensor) -> Tensor:
     Returns:
         The kernel, shape ``(O, I, T, kH, kW)``, differentiable w.r.t. both inputs.
     """
+    # Shapes as lists and compared entry by entry, so that TorchScript can compile the checks.
     if base.dim() != 4:
-        raise ValueError(f"base must have shape (O, I, kH, kW), got {tuple(base.shape)}")
-    if theta.dim() != 4 or theta.shape[0] != base.shape[0] or theta.shape[2:] != (2, 3):
+        raise ValueError(f"base must have shape (O, I, kH, kW), got {list(base.shape)}")
+    if (
+        theta.dim() != 4
+        or theta.shape[0] != base.shape[0]
+        or theta.shape[2] != 2
+        or theta.shape[3] != 3
+    ):
         raise ValueError(
             f"theta must have shape (O, T-1, 2, 3) with O={base.shape[0]}, "
-            f"got {tuple(theta.shape)}"
+            f"got {list(theta.shape)}"
         )
+    # The paper's fixed sampling (Eq. 4: bilinear, zero outside the slice) is passed explicitly,
+    # so that a change of PyTorch's defaults can never change the kernel; as literals, because
+    # TorchScript cannot read module-level constants.
     slices = [base]
     for t in range(theta.shape[1]):
         # The output channels are the batch of the spatial transformer, so each gets its own Θ.
-        grid = F.affine_grid(theta[:, t], list(base.shape), align_corners=ALIGN_CORNERS)
+        grid = F.affine_grid(theta[:, t], list(base.shape), align_corners=False)
         slices.append(
             F.grid_sample(
                 slices[-1],
                 grid,  # (O, kH, kW, 2)
-                mode=SAMPLING_MODE,
-                padding_mode=SAMPLING_PADDING_MODE,
-                align_corners=ALIGN_CORNERS,
+                mode="bilinear",
+                padding_mode="zeros",
+                align_corners=False,
             )
         )
     return torch.stack(slices, dim=2)  # (O, I, T, kH, kW)

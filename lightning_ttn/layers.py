@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from lightning_ttn.functional import build_tt_kernel, similarity_theta
 
-TRANSFORMS = ("similarity", "affine")
+TRANSFORMS = ("similarity", "affine", "none")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 PADDING_STRINGS = ("same", "valid")
 
@@ -37,8 +37,9 @@ class TTConv3d(nn.Module):
     normalized coordinate convention of Θ). The temporal kernel size ``T`` is ``kernel_size[0]``.
 
     Trainable parameters are exactly ``base`` (``K0``), the transform and ``bias``; there is no
-    full-size weight. :meth:`kernel` returns the built 3D kernel and :meth:`to_conv3d` an
-    equivalent plain ``nn.Conv3d``.
+    full-size weight. :meth:`kernel` returns the built 3D kernel, :meth:`to_conv3d` an
+    equivalent plain ``nn.Conv3d`` and :meth:`from_conv3d` the reverse (``K0`` from a trained
+    kernel). The module can be scripted with ``torch.jit.script``.
 
     Args:
         in_channels: Number of input channels.
@@ -52,12 +53,21 @@ class TTConv3d(nn.Module):
         padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"`` (input padding,
             as in ``nn.Conv3d``; the kernel resampling always uses zeros outside the slice).
         transform: ``"similarity"``: learnable scale, rotation, tx, ty per output channel per
-            transition (paper Eq. 2, 4 parameters); ``"affine"``: the full 2x3 matrix (6).
+            transition (paper Eq. 2, 4 parameters); ``"affine"``: the full 2x3 matrix (6);
+            ``"none"``: no transform parameters, every slice is ``K0`` (the kernel the identity
+            transforms give, built by repetition without resampling).
         shared_transform: If True, one transform per output channel is reused for every
-            transition (the paper's ``W*H + 4`` variant).
+            transition (the paper's ``W*H + 4`` variant). No effect with ``transform="none"``.
         device: Device of the parameters.
         dtype: Dtype of the parameters.
     """
+
+    # Fixed after construction. TorchScript bakes constants into the compiled forward, so that
+    # ``F.conv3d`` resolves its str-or-ints ``padding`` overload statically (as in nn.Conv3d).
+    __constants__ = [
+        "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+        "padding_mode", "transform", "shared_transform",
+    ]
 
     def __init__(
         self,
@@ -111,6 +121,8 @@ class TTConv3d(nn.Module):
         self.padding_mode = padding_mode
         self.transform = transform
         self.shared_transform = shared_transform
+        # F.pad amounts for the non-zero padding modes, computed once as nn.Conv3d does.
+        self._reversed_padding_repeated_twice = self._explicit_padding()
 
         factory = {"device": device, "dtype": dtype}
         T, kH, kW = self.kernel_size
@@ -123,7 +135,7 @@ class TTConv3d(nn.Module):
             self.scale = nn.Parameter(torch.empty(out_channels, n_transforms, **factory))
             self.rotation = nn.Parameter(torch.empty(out_channels, n_transforms, **factory))
             self.translation = nn.Parameter(torch.empty(out_channels, n_transforms, 2, **factory))
-        else:
+        elif transform == "affine":
             self.affine = nn.Parameter(torch.empty(out_channels, n_transforms, 2, 3, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()
@@ -142,7 +154,7 @@ class TTConv3d(nn.Module):
             nn.init.ones_(self.scale)
             nn.init.zeros_(self.rotation)
             nn.init.zeros_(self.translation)
-        else:
+        elif self.transform == "affine":
             with torch.no_grad():
                 self.affine.zero_()
                 self.affine[..., 0, 0] = 1.0
@@ -152,19 +164,35 @@ class TTConv3d(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def theta(self) -> Tensor:
-        """The affine matrices of all transitions, shape ``(out_channels, T-1, 2, 3)``."""
-        if self.transform == "similarity":
+        """The affine matrices of all transitions, shape ``(out_channels, T-1, 2, 3)``.
+
+        Identity matrices (a read-only expanded view) for ``transform="none"``.
+        """
+        n_transitions = self.kernel_size[0] - 1
+        # Dispatch on the parameters present, not on self.transform: TorchScript then compiles
+        # only the branch whose attributes exist.
+        if hasattr(self, "scale"):
             theta = similarity_theta(
                 self.scale, self.rotation, self.translation[..., 0], self.translation[..., 1]
             )  # (O, n_transforms, 2, 3)
-        else:
+        elif hasattr(self, "affine"):
             theta = self.affine
+        else:
+            identity = torch.eye(2, 3, dtype=self.base.dtype, device=self.base.device)
+            return identity.expand(self.out_channels, n_transitions, 2, 3)
         if self.shared_transform:
-            theta = theta.expand(-1, self.kernel_size[0] - 1, -1, -1)  # (O, T-1, 2, 3)
+            theta = theta.expand(-1, n_transitions, -1, -1)  # (O, T-1, 2, 3)
         return theta
 
     def kernel(self) -> Tensor:
-        """The built 3D kernel, shape ``(out_channels, in_channels/groups, T, kH, kW)``."""
+        """The built 3D kernel, shape ``(out_channels, in_channels/groups, T, kH, kW)``.
+
+        For ``transform="none"`` a read-only expanded view of ``K0`` (no copy, no resampling).
+        """
+        if self.transform == "none":
+            # What identity transforms give (up to the rounding of the identity resampling),
+            # without the T-1 grid_sample calls.
+            return self.base.unsqueeze(2).expand(-1, -1, self.kernel_size[0], -1, -1)
         return build_tt_kernel(self.base, self.theta())
 
     def forward(self, input: Tensor) -> Tensor:
@@ -179,7 +207,7 @@ class TTConv3d(nn.Module):
             return F.conv3d(
                 input, kernel, self.bias, self.stride, self.padding, self.dilation, self.groups
             )
-        padded = F.pad(input, self._explicit_padding(), mode=self.padding_mode)
+        padded = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
         return F.conv3d(padded, kernel, self.bias, self.stride, 0, self.dilation, self.groups)
 
     def _explicit_padding(self) -> list[int]:
@@ -215,6 +243,59 @@ class TTConv3d(nn.Module):
         if self.bias is not None:
             conv.bias.copy_(self.bias)
         return conv
+
+    @classmethod
+    def from_conv3d(
+        cls, conv: nn.Conv3d, *, transform: str = "similarity", shared_transform: bool = False
+    ) -> TTConv3d:
+        """A ``TTConv3d`` with ``conv``'s configuration, ``K0`` its temporal mean kernel.
+
+        Channels, kernel size, stride, padding (also ``"same"``/``"valid"``), dilation, groups,
+        bias, padding mode, device and dtype are ``conv``'s; the transforms are the identity,
+        ``K0 = conv.weight.mean(dim=2)`` and the bias is copied. New parameters: nothing is
+        shared with ``conv``.
+
+        Why the mean: with identity transforms the kernel is ``K0`` repeated ``T`` times, so on
+        an input constant over the temporal receptive field the layer responds with
+        ``T * (K0 * x) = (sum_t W_t) * x`` (``*``: 2D correlation), exactly ``conv``'s response
+        ``sum_t (W_t * x)``; ``sum_t W_t`` or ``T * mean`` as ``K0`` would scale it by ``T``.
+        The mean is also the least-squares fit of a kernel constant in time to ``W``, and a
+        ``conv`` whose kernel is already constant in time is reproduced (to rounding).
+
+        Args:
+            conv: The convolution to mirror (not modified).
+            transform: As in the constructor.
+            shared_transform: As in the constructor.
+
+        Returns:
+            The new layer, in ``conv``'s training mode.
+        """
+        if not isinstance(conv, nn.Conv3d):
+            raise TypeError(f"conv must be an nn.Conv3d, got {type(conv).__name__}")
+        if isinstance(conv.weight, nn.parameter.UninitializedParameter):
+            raise ValueError(
+                "conv has uninitialized (lazy) parameters; run a forward pass before converting"
+            )
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            transform=transform,
+            shared_transform=shared_transform,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
+        with torch.no_grad():
+            layer.base.copy_(conv.weight.mean(dim=2))  # (O, I/groups, kH, kW)
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias)
+        return layer.train(conv.training)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"

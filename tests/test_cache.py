@@ -20,7 +20,7 @@ from lightning_ttn.data.cache import (
     validate_entry,
 )
 from lightning_ttn.data.mnist import DigitSplit, make_source, read_embedded
-from lightning_ttn.data.video_mnist import MOTION_TABLE, render_clips
+from lightning_ttn.data.video_mnist import AUTHORS_MOTION_TABLE, MOTION_TABLE, render_clips
 
 
 def _small_source():
@@ -80,6 +80,81 @@ def test_anything_that_changes_the_bytes_changes_the_key(source, tmp_path, monke
     assert json.loads((bumped / "manifest.json").read_text())["generator_version"] == (
         cache.GENERATOR_VERSION
     )
+
+
+def test_table1_keys_are_those_from_before_presets():
+    """Adding presets must not orphan existing "table1" entries (keys of generator version 1)."""
+    embedded = read_embedded()
+    assert cache_key(cache_identity(embedded, 0)) == "faa49d6c61060158"
+    assert cache_key(cache_identity(embedded, 0, motion="table1")) == "faa49d6c61060158"
+    assert cache_key(cache_identity(embedded, 3)) == "c0b4c05be5626de9"
+    assert "motion" not in cache_identity(embedded, 0)
+
+
+def test_motion_preset_has_its_own_entry(source, tmp_path):
+    table1 = get_or_render(source, seed=2, data_dir=tmp_path)
+    authors = get_or_render(source, seed=2, data_dir=tmp_path, motion="authors")
+    assert authors != table1
+    manifest = json.loads((authors / "manifest.json").read_text())
+    assert manifest["motion"] == "authors"
+    assert manifest["motion_table"]["8"]["rotation_deg_per_frame"] == (
+        AUTHORS_MOTION_TABLE[8]["rotation_deg_per_frame"]
+    )
+    digits, labels, index = source.test
+    assert np.array_equal(
+        open_split(authors, "test").videos, render_clips(digits, labels, 2, index, "authors")
+    )
+    assert get_or_render(source, seed=2, data_dir=tmp_path, motion="authors") == authors
+    with pytest.raises(ValueError, match=r"motion='Authors' is not one of \('table1', 'authors'\)"):
+        get_or_render(source, seed=2, data_dir=tmp_path, motion="Authors")
+
+
+def _rewrite_manifest(entry: Path, edit) -> None:
+    path = entry / "manifest.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+
+
+def _edit_train_videos(edit_record):
+    """A manifest edit that replaces the record of train_videos.npy by ``edit_record(record)``."""
+
+    def edit(manifest: dict) -> dict:
+        files = manifest["files"]
+        record = edit_record(files["train_videos.npy"])
+        return {**manifest, "files": {**files, "train_videos.npy": record}}
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "pattern"),
+    [
+        (lambda m: [], r"manifest.json holds a JSON list, not an object"),
+        (lambda m: "ok", r"manifest.json holds a JSON str, not an object"),
+        (
+            _edit_train_videos(lambda r: {k: v for k, v in r.items() if k != "size"}),
+            r"has no 'size' for train_videos.npy",
+        ),
+        (_edit_train_videos(list), r"has no 'shape' for train_videos.npy"),  # names only
+        (
+            _edit_train_videos(lambda r: {**r, "shape": 24}),
+            r"has shape=24 for train_videos.npy, expected list",
+        ),
+    ],
+    ids=["list", "string", "no-size", "record-not-object", "shape-not-list"],
+)
+def test_malformed_manifest_is_corrupt_and_rerendered(source, tmp_path, caplog, edit, pattern):
+    entry = get_or_render(source, seed=0, data_dir=tmp_path)
+    good = (entry / "manifest.json").read_text()
+    _rewrite_manifest(entry, edit)
+    with pytest.raises(CacheError, match=pattern):
+        validate_entry(entry)
+    with pytest.raises(CacheError, match=pattern):
+        open_split(entry, "train")
+    with caplog.at_level("WARNING"):
+        assert get_or_render(source, seed=0, data_dir=tmp_path) == entry
+    assert "re-rendering corrupted Video-MNIST cache entry" in caplog.text
+    assert (entry / "manifest.json").read_text() == good
+    validate_entry(entry, verify=True)
 
 
 def test_truncated_file_is_detected_and_rerendered(source, tmp_path):

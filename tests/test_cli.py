@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lightning_ttn.training.record import RunRecord
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "configs" / "smoke.yaml")
 
@@ -47,7 +49,10 @@ def test_fit_writes_checkpoints_and_ends_with_the_test_accuracy(smoke_run):
     assert checkpoints == ["best-epoch000.ckpt", "last.ckpt"]
     assert (version / "config.yaml").is_file()
     assert 0.0 <= printed_metric(proc.stdout, "test/acc") <= 1.0
-    assert "best-epoch000.ckpt" in proc.stdout + proc.stderr  # tested the best checkpoint
+    record = RunRecord.read(version / "run.json")  # the run entry's record
+    assert record.tested_epoch == record.best_epoch == 1
+    assert record.test_acc == printed_metric(proc.stdout, "test/acc")
+    assert record.recipe["epochs"] == 1 and record.batch_size == 10 and record.init_seed == 0
 
 
 def test_test_and_validate_from_a_checkpoint_reproduce_the_metrics(smoke_run):
@@ -68,7 +73,7 @@ def test_tensorboard_has_scalars_hparams_clips_kernels_and_transforms(smoke_run)
         accumulator = EventAccumulator(str(events), size_guidance={"images": 0}).Reload()
         for kind in tags:
             tags[kind] |= set(accumulator.Tags()[kind])
-    assert {"train/loss_step", "train/acc", "val/acc", "val/loss", "lr-SGD"} <= tags["scalars"]
+    assert {"train/loss_step", "train/acc", "val/acc", "val/loss", "lr"} <= tags["scalars"]
     assert {"hp/best_val_acc", "hp/test_acc", "test/acc"} <= tags["scalars"]
     kernels = {"kernels/model.features.0", "kernels/model.features.3"}
     assert {"inputs/clips"} | kernels <= tags["images"]
@@ -79,15 +84,16 @@ def test_tensorboard_has_scalars_hparams_clips_kernels_and_transforms(smoke_run)
 def test_help_is_documented(tmp_path):
     help_text = run_cli("fit", "--help", cwd=tmp_path).stdout
     assert "--data.train_videos" in help_text and "class-balanced" in help_text
-    assert "--model.optimizer" in help_text and "--checkpoint.monitor" in help_text
-    assert "--test_after_fit" in help_text
+    assert "--model.recipe.lr" in help_text and "--checkpoint.monitor" in help_text
+    assert "--model.recipe.transform_lr_scale" in help_text and "--optimizer" not in help_text
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         (["--data.train_videos", "15"], r"train_videos=15 must be None .* positive multiple of 10"),
-        (["--data.source", "imagenet"], r"source='imagenet' is not one of"),
+        (["--data.source", "imagenet"], r"Literal\['auto', 'embedded', .*Got value: imagenet"),
+        (["--model.recipe.lr_schedule", "cosine"], r"Literal\['plateau', .*Got value: cosine"),
         (["--model.model.init_args.conv", "conv2d"], r"conv must be one of .*'conv2d'"),
     ],
 )

@@ -11,8 +11,10 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from lightning_ttn.data import VideoMNISTDataModule
+from lightning_ttn.data import VideoMNISTDataModule, render_clips
 from lightning_ttn.data.cache import open_split
+from lightning_ttn.data.datamodule import EVAL_SUBSET_SEED, balanced_subset
+from lightning_ttn.data.mnist import read_embedded
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +42,8 @@ def _dm(data_dir, stage="fit", **kwargs) -> VideoMNISTDataModule:
         ({"batch_size": 0}, r"batch_size=0 must be an integer >= 1"),
         ({"num_workers": -1}, r"num_workers=-1 must be an integer >= 0"),
         ({"subset_seed": -1}, r"subset_seed=-1 must be a non-negative integer"),
+        ({"motion": "smooth"}, r"motion='smooth' is not one of \('table1', 'authors'\)"),
+        ({"verify": "yes"}, r"verify='yes' must be True or False"),
     ],
 )
 def test_invalid_arguments(kwargs, pattern):
@@ -132,3 +136,58 @@ def test_ddp_training_shuffle_is_seeded_by_subset_seed_and_partitions_the_videos
     again = _dm(data_dir, train_videos=40, subset_seed=3, batch_size=4)
     again.trainer = SimpleNamespace(world_size=2, global_rank=0)
     assert [int(i) for i in again.train_dataloader().sampler] == orders[0]
+
+
+def test_eval_clips_come_class_interleaved(data_dir):
+    """One clip of each class, then the next of each: a few batches cover every class."""
+    a = _dm(data_dir, stage=None, train_videos=100, val_videos=50, subset_seed=0, batch_size=10)
+    b = _dm(data_dir, stage=None, train_videos=100, val_videos=50, subset_seed=5, batch_size=10)
+    x, y = next(iter(a.val_dataloader()))
+    assert y.tolist() == list(range(10))
+    assert np.array_equal(a.datasets["val"].labels, np.tile(np.arange(10), 5))
+    x_b, y_b = next(iter(b.val_dataloader()))
+    assert torch.equal(x, x_b) and torch.equal(y, y_b), "fixed order, whatever subset_seed"
+    # the same videos as before, only served in another order (split order within a class)
+    labels = open_split(a.cache_entry, "val").labels
+    chosen = balanced_subset(labels, 50, EVAL_SUBSET_SEED, "val_videos")
+    rows = a.datasets["val"].rows
+    assert np.array_equal(np.sort(rows), chosen)
+    for c in range(10):
+        assert np.array_equal(rows[labels[rows] == c], chosen[labels[chosen] == c])
+    # the whole test split (None) too; the training subset keeps its sorted rows
+    assert a.datasets["test"].labels[:20].tolist() == list(range(10)) * 2
+    train_labels = open_split(a.cache_entry, "train").labels
+    assert np.array_equal(a.train_indices, balanced_subset(train_labels, 100, 0, "train_videos"))
+
+
+def test_motion_selects_the_authors_clips(data_dir):
+    table1 = _dm(data_dir, stage="validate", val_videos=10)
+    dm = _dm(data_dir, stage="validate", val_videos=10, motion="authors")
+    assert dm.cache_entry != table1.cache_entry
+    x, _ = next(iter(dm.val_dataloader()))
+    val = read_embedded().val
+    rows = dm.datasets["val"].rows
+    expected = render_clips(val.digits[rows], val.labels[rows], 0, val.index[rows], "authors")
+    assert torch.equal(x, torch.from_numpy(expected).unsqueeze(1).float() / 255)
+
+
+def test_verify_rerenders_a_corrupted_entry(tmp_path):
+    kwargs = {"data_dir": str(tmp_path), "source": "embedded", "val_videos": 10}
+    VideoMNISTDataModule(**kwargs).prepare_data()
+    plain = VideoMNISTDataModule(**kwargs)
+    plain.setup("validate")
+    videos = plain.cache_entry / "val_videos.npy"
+    good = videos.read_bytes()
+    data = bytearray(good)
+    data[-2000:] = bytes(b ^ 0xFF for b in data[-2000:])  # same size: only sha256 can tell
+    videos.write_bytes(bytes(data))
+    corrupted = VideoMNISTDataModule(**kwargs)
+    corrupted.setup("validate")
+    assert corrupted.cache_entry == plain.cache_entry and videos.read_bytes() == bytes(data)
+    checked = VideoMNISTDataModule(**kwargs, verify=True)
+    checked.prepare_data()
+    assert videos.read_bytes() == good
+    videos.write_bytes(bytes(data))
+    checked = VideoMNISTDataModule(**kwargs, verify=True)
+    checked.setup("validate")  # without prepare_data, e.g. on another DDP rank
+    assert videos.read_bytes() == good

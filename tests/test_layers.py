@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
@@ -18,6 +19,7 @@ VARIANTS = {
     "affine": {"transform": "affine"},
     "shared": {"shared_transform": True},
     "shared_affine": {"transform": "affine", "shared_transform": True},
+    "none": {"transform": "none"},
 }
 
 
@@ -66,6 +68,8 @@ CASES = [
     (2, 4, 3, {"padding": 1}, (0, 2, 4, 5, 6)),
     (2, 4, 3, {"transform": "affine", "padding": 1}, (1, 2, 4, 5, 6)),
     (2, 4, 3, {"shared_transform": True, "stride": 2}, (1, 2, 5, 6, 7)),
+    (4, 6, (3, 5, 5), {"transform": "none", "padding": "same", "groups": 2}, (1, 4, 5, 6, 7)),
+    (2, 4, 3, {"transform": "none", "padding": 1, "padding_mode": "reflect"}, (1, 2, 4, 5, 6)),
 ]
 
 
@@ -142,6 +146,9 @@ def test_parameter_counts(c_in, c_out, k, groups):
     assert count(transform="affine", shared_transform=True) == c_out * (
         slice_params + 1 + 6 * min(n_trans, 1)
     )
+    assert count(transform="none") == c_out * (slice_params + 1)
+    assert count(transform="none", shared_transform=True) == c_out * (slice_params + 1)
+    assert count(transform="none", bias=False) == c_out * slice_params
 
 
 def test_paper_layer_parameter_counts():
@@ -155,6 +162,9 @@ def test_named_parameters_have_no_full_weight():
     }
     assert {n for n, _ in TTConv3d(2, 3, 3, transform="affine").named_parameters()} == {
         "base", "affine", "bias",
+    }
+    assert {n for n, _ in TTConv3d(2, 3, 3, transform="none").named_parameters()} == {
+        "base", "bias",
     }
     layer = TTConv3d(2, 3, (4, 5, 6), groups=1)
     assert layer.base.shape == (3, 2, 5, 6)
@@ -227,6 +237,8 @@ def test_reset_parameters_reinitializes(variant):
     if variant in ("similarity", "shared"):
         assert (layer.scale == 1).all() and (layer.rotation == 0).all()
         assert (layer.translation == 0).all()
+    elif variant == "none":
+        assert {n for n, _ in layer.named_parameters()} == {"base", "bias"}
     else:
         identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
         assert (layer.affine == identity).all()
@@ -244,6 +256,9 @@ def test_extra_repr_shows_non_default_fields_only():
     )
     assert TTConv3d(4, 8, 3, padding="same").extra_repr() == (
         "4, 8, kernel_size=(3, 3, 3), padding='same'"
+    )
+    assert TTConv3d(4, 8, 3, transform="none").extra_repr() == (
+        "4, 8, kernel_size=(3, 3, 3), transform='none'"
     )
 
 
@@ -330,3 +345,142 @@ def test_fitting_a_transformed_teacher_learns_the_transform():
     assert student.translation.abs().mean() > 0.02
     kernel_error = (student.kernel() - teacher.kernel()).abs().max()
     assert kernel_error < 0.5 * (teacher.base[:, :, None] - teacher.kernel()).abs().max()
+
+
+# --- transform="none": K0 repeated over time ---------------------------------------------------
+
+
+def test_none_transform_kernel_is_base_repeated_and_theta_identity():
+    layer = TTConv3d(3, 4, (5, 3, 4), transform="none", dtype=F64)
+    assert layer.state_dict().keys() == {"base", "bias"}
+    kernel = layer.kernel()  # (4, 3, 5, 3, 4)
+    assert kernel.shape == (4, 3, 5, 3, 4)
+    for t in range(5):
+        assert torch.equal(kernel[:, :, t], layer.base)
+    identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=F64)
+    theta = layer.theta()
+    assert theta.shape == (4, 4, 2, 3) and (theta == identity).all()
+    torch.testing.assert_close(build_tt_kernel(layer.base, theta), kernel, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"padding": "same", "groups": 2}, {"stride": 2}])
+def test_none_transform_equals_similarity_at_identity(kwargs):
+    torch.manual_seed(0)
+    similarity = TTConv3d(4, 6, (3, 5, 4), dtype=F64, **kwargs)
+    none = TTConv3d(4, 6, (3, 5, 4), transform="none", dtype=F64, **kwargs)
+    none.load_state_dict({"base": similarity.base, "bias": similarity.bias})
+    # Identity resampling is exact up to the rounding of the grid coordinates (~1e-16).
+    torch.testing.assert_close(none.kernel(), similarity.kernel(), atol=1e-12, rtol=0)
+    x = torch.randn(2, 4, 5, 7, 8, dtype=F64)
+    torch.testing.assert_close(none(x), similarity(x), atol=1e-12, rtol=0)
+
+
+def test_none_transform_ignores_shared_transform_and_trains_base():
+    plain = TTConv3d(2, 3, (4, 3, 3), transform="none")
+    shared = TTConv3d(2, 3, (4, 3, 3), transform="none", shared_transform=True)
+    shared.load_state_dict(plain.state_dict())
+    assert torch.equal(shared.kernel(), plain.kernel())
+    assert shared.extra_repr().endswith("transform='none', shared_transform=True")
+    shared(torch.randn(1, 2, 5, 5, 5)).square().sum().backward()
+    assert shared.base.grad.abs().sum() > 0 and shared.bias.grad.abs().sum() > 0
+
+
+# --- from_conv3d (model conversion is tested in test_convert.py) -------------------------------
+
+
+def test_from_conv3d_copies_configuration_and_takes_temporal_mean():
+    conv = nn.Conv3d(
+        4, 6, (3, 5, 3), stride=(1, 2, 1), padding=(1, 2, 0), dilation=(2, 1, 1), groups=2,
+        padding_mode="replicate", dtype=F64,
+    ).eval()
+    layer = TTConv3d.from_conv3d(conv, transform="affine")
+    assert layer.extra_repr() == (
+        "4, 6, kernel_size=(3, 5, 3), stride=(1, 2, 1), padding=(1, 2, 0), dilation=(2, 1, 1), "
+        "groups=2, padding_mode='replicate', transform='affine'"
+    )
+    assert not layer.training and layer.base.dtype == F64
+    torch.testing.assert_close(layer.base, conv.weight.mean(dim=2), atol=0, rtol=0)
+    torch.testing.assert_close(layer.bias, conv.bias, atol=0, rtol=0)
+    assert layer.bias.data_ptr() != conv.bias.data_ptr()
+    kernel = layer.kernel()  # identity transforms: K0 repeated
+    torch.testing.assert_close(kernel, layer.base[:, :, None].expand_as(kernel), atol=1e-12, rtol=0)
+
+
+def test_from_conv3d_keeps_the_response_to_temporally_constant_input():
+    # Sum over the T slices of K0 = mean is sum_t W_t: the same response when x is constant in t.
+    torch.manual_seed(0)
+    conv = nn.Conv3d(3, 5, (4, 3, 3), padding=(0, 1, 1), dtype=F64)
+    layer = TTConv3d.from_conv3d(conv, transform="none")
+    frame = torch.randn(2, 3, 1, 6, 7, dtype=F64)
+    x = frame.expand(-1, -1, 6, -1, -1)  # (2, 3, 6, 6, 7), the same frame 6 times
+    torch.testing.assert_close(layer(x), conv(x), atol=1e-12, rtol=0)
+    assert (layer(torch.randn(2, 3, 6, 6, 7, dtype=F64)) - conv(x)).abs().max() > 0.1
+
+
+def test_from_conv3d_rejects_other_modules_and_lazy_convs():
+    with pytest.raises(TypeError, match="conv must be an nn.Conv3d, got Conv2d"):
+        TTConv3d.from_conv3d(nn.Conv2d(2, 3, 3))
+    with pytest.raises(ValueError, match="uninitialized"):
+        TTConv3d.from_conv3d(nn.LazyConv3d(3, 3))
+    with pytest.raises(ValueError, match="transform must be one of"):
+        TTConv3d.from_conv3d(nn.Conv3d(2, 3, 3), transform="projective")
+
+
+# --- TorchScript and torch.compile -------------------------------------------------------------
+
+# torch.jit is deprecated in favour of torch.compile / torch.export, but still works and is tested.
+ignore_jit_deprecation = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.[a-z]+` is deprecated:DeprecationWarning"
+)
+
+
+@ignore_jit_deprecation
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"padding": 1, "bias": False},
+        {"padding": "same", "padding_mode": "circular"},
+        {"padding": "valid", "stride": 2, "dilation": (1, 2, 1), "groups": 2},
+        {"padding": (1, 0, 2), "padding_mode": "reflect"},
+    ],
+)
+def test_torchscript_matches_eager(variant, kwargs):
+    torch.manual_seed(0)
+    layer = TTConv3d(2, 4, 3, dtype=F64, **VARIANTS[variant], **kwargs)
+    perturb_transforms(layer, 0.3)
+    scripted = torch.jit.script(layer)
+    x = torch.randn(2, 2, 5, 6, 7, dtype=F64, requires_grad=True)
+    expected = layer(x)
+    torch.testing.assert_close(scripted(x), expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(scripted.kernel(), layer.kernel(), atol=0, rtol=0)
+    grads = torch.autograd.grad(scripted(x).square().sum(), [x, *scripted.parameters()])
+    expected_grads = torch.autograd.grad(expected.square().sum(), [x, *layer.parameters()])
+    torch.testing.assert_close(grads, expected_grads, atol=1e-12, rtol=0)
+
+
+@ignore_jit_deprecation
+def test_torchscript_save_load_round_trip():
+    layer = TTConv3d(2, 3, 3, padding="same")
+    perturb_transforms(layer, 0.3)
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(layer), buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    x = torch.randn(1, 2, 4, 5, 6)
+    torch.testing.assert_close(loaded(x), layer(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["similarity", "none"])
+def test_torch_compile_traces_one_graph(variant):
+    # fullgraph: any graph break raises. The aot_eager backend traces forward and backward as
+    # inductor would, without the minutes of C++ compilation (benchmarks/ttconv.py --compile).
+    torch.compiler.reset()
+    layer = TTConv3d(2, 3, 3, padding=1, dtype=F64, **VARIANTS[variant])
+    perturb_transforms(layer, 0.3)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    x = torch.randn(1, 2, 4, 5, 6, dtype=F64)
+    out = compiled(x)
+    torch.testing.assert_close(out, layer(x), atol=1e-12, rtol=0)
+    out.sum().backward()
+    assert layer.base.grad is not None and layer.base.grad.abs().sum() > 0

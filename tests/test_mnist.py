@@ -41,13 +41,21 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
+class _CutShortHandler(_QuietHandler):
+    """Announces the whole file in Content-Length but sends only its first half, then closes."""
+
+    def copyfile(self, source, outputfile):
+        data = source.read()
+        outputfile.write(data[: len(data) // 2])
+
+
 @pytest.fixture
 def serve():
     """Starts HTTP servers on 127.0.0.1 (port 0) serving a directory; yields a URL factory."""
     servers = []
 
-    def start(directory: Path) -> str:
-        handler = functools.partial(_QuietHandler, directory=str(directory))
+    def start(directory: Path, handler_class: type = _QuietHandler) -> str:
+        handler = functools.partial(handler_class, directory=str(directory))
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
@@ -214,3 +222,21 @@ def test_download_source_needs_all_four_files(serve, tmp_path):
         load_digits("download", data_dir=tmp_path, mirrors=[serve(SHARED_MNIST)], timeout=5)
     # and "auto" falls back to the embedded digits
     assert load_digits("auto", data_dir=tmp_path, mirrors=[serve(SHARED_MNIST)]).name == "embedded"
+
+
+def test_connection_closed_early_is_an_incomplete_transfer(serve, tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    payload = np.random.default_rng(0).integers(0, 256, 10_000, np.uint8).tobytes()
+    (served / "blob.gz").write_bytes(payload)
+    md5 = hashlib.md5(payload).hexdigest()
+    target = tmp_path / "dl"
+    mirrors = [serve(served, _CutShortHandler)]
+    pattern = r"incomplete download of blob.gz from .*: got 5000 of 10000 bytes"
+    with pytest.raises(MnistFileError, match=pattern) as err:
+        download_file("blob.gz", target, mirrors=mirrors, md5=md5, timeout=5)
+    assert "MD5" not in str(err.value)
+    assert list(target.iterdir()) == [], "no partial file may remain"
+    # the same file sent whole is accepted
+    whole = download_file("blob.gz", target, mirrors=[serve(served)], md5=md5, timeout=5)
+    assert whole.read_bytes() == payload

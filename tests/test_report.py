@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lightning_ttn.report import main, paper_table, select_configurations, write_report
-from lightning_ttn.sweep_config import dump_config, parse_config
+from lightning_ttn.protocol.paper import paper_table
+from lightning_ttn.protocol.report import main, write_report
+from lightning_ttn.protocol.schema import dump_config, parse_config
+from lightning_ttn.protocol.statistics import holm, select_configurations
+from lightning_ttn.training.record import RunRecord, TransformDrift
 
 SWEEP = {
     "output_dir": "unused",
@@ -43,6 +46,7 @@ def write_results(directory: Path) -> None:
     for (family, size, name), values in RESULTS.items():
         for run, (val_acc, test_acc) in enumerate(values):
             run_id = f"{family}_n{size:04d}_{name}_r{run:03d}"
+            # The fields of an early record only: later fields must have defaults.
             record = {"run_id": run_id, "family": family, "candidate": {"name": name},
                       "train_videos": size, "run": run, "best_val_acc": val_acc,
                       "test_acc": test_acc, "num_parameters": 1000 + len(name)}
@@ -51,9 +55,9 @@ def write_results(directory: Path) -> None:
     (runs / ".3D_n0020_a_r001.json.x1y2.tmp").write_text('{"run_id": "3D_n0')
 
 
-def read_csv(path: Path) -> dict[int, dict[str, str]]:
+def read_csv(path: Path) -> dict[tuple[int, str], dict[str, str]]:
     with path.open() as f:
-        return {int(row["train_videos"]): row for row in csv.DictReader(f)}
+        return {(int(row["train_videos"]), row["family"]): row for row in csv.DictReader(f)}
 
 
 def test_model_selection_statistics_and_paired_test(tmp_path: Path) -> None:
@@ -61,28 +65,32 @@ def test_model_selection_statistics_and_paired_test(tmp_path: Path) -> None:
     markdown = write_report(tmp_path, tmp_path / "report")
     rows = read_csv(tmp_path / "report" / "table.csv")
 
-    row = rows[10]
-    assert row["3D_config"] == "b" and row["3DTTN_config"] == "c"
     selected_3d, selected_ttn = [0.40, 0.50, 0.45], [0.55, 0.62, 0.58]
-    assert float(row["3D_mean_acc"]) == pytest.approx(0.45)
-    assert float(row["3D_stderr"]) == pytest.approx(np.std(selected_3d, ddof=1) / math.sqrt(3))
-    assert float(row["3DTTN_mean_acc"]) == pytest.approx(np.mean(selected_ttn))
-    assert float(row["3DTTN_stderr"]) == pytest.approx(0.0351188 / math.sqrt(3), rel=1e-5)
-    assert int(row["3D_runs"]) == 3 and int(row["paired_runs"]) == 3
-    assert float(row["p_value"]) == pytest.approx(stats.ttest_rel(selected_3d, selected_ttn).pvalue)
-    assert row["significant"] == "True"
-    assert float(row["paper_3D_mean_acc"]) == 0.374
+    row_3d, row_ttn = rows[(10, "3D")], rows[(10, "3DTTN")]
+    assert row_3d["selected"] == "b" and row_ttn["selected"] == "c"
+    assert float(row_3d["mean_acc"]) == pytest.approx(0.45)
+    assert float(row_3d["stderr"]) == pytest.approx(np.std(selected_3d, ddof=1) / math.sqrt(3))
+    assert float(row_ttn["mean_acc"]) == pytest.approx(np.mean(selected_ttn))
+    assert float(row_ttn["stderr"]) == pytest.approx(0.0351188 / math.sqrt(3), rel=1e-5)
+    assert int(row_3d["runs"]) == 3 and int(row_ttn["paired_runs"]) == 3
+    p = stats.ttest_rel(selected_ttn, selected_3d).pvalue
+    assert float(row_ttn["p_value"]) == pytest.approx(p)
+    assert float(row_ttn["p_holm"]) == pytest.approx(p)  # the only test of the table
+    assert float(row_ttn["diff_vs_reference"]) == pytest.approx(np.mean(selected_ttn) - 0.45)
+    assert row_ttn["significant"] == "True" and row_3d["p_value"] == "nan"
+    assert float(row_3d["paper_mean_acc"]) == 0.374
 
-    row = rows[20]  # one 3D run: no standard error, one paired run: no test
-    assert float(row["3D_mean_acc"]) == pytest.approx(0.70)
-    assert row["3D_stderr"] == "nan" and row["p_value"] == "nan" and row["significant"] == "False"
-    assert int(row["paired_runs"]) == 1
+    row_3d, row_ttn = rows[(20, "3D")], rows[(20, "3DTTN")]  # one 3D run: no stderr, no test
+    assert float(row_3d["mean_acc"]) == pytest.approx(0.70)
+    assert row_3d["stderr"] == "nan" and row_ttn["p_value"] == "nan"
+    assert row_ttn["significant"] == "False" and int(row_ttn["paired_runs"]) == 1
 
     assert "3D 10 videos a: 0 of 3" not in markdown
     assert "3D 20 videos a: 2 of 3 runs missing (runs 1, 2)" in markdown
     assert "3D 20 videos b: 3 of 3 runs missing (runs 0, 1, 2)" in markdown
     assert "3DTTN 20 videos c: 1 of 3 runs missing (runs 2)" in markdown
-    assert "scipy.stats.ttest_rel" in markdown and "p < 0.05" in markdown
+    assert "scipy.stats.ttest_rel" in markdown and "Holm" in markdown
+    assert "- 10 videos, 3D: a 0.600, **b 0.800**" in markdown
     assert (tmp_path / "report" / "figure.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -107,12 +115,56 @@ def test_paper_table_is_table2() -> None:
 
 
 def test_candidates_are_compared_on_the_runs_they_share() -> None:
-    def record(name: str, run: int, val_acc: float) -> dict:
-        return {"family": "3D", "train_videos": 10, "candidate": {"name": name}, "run": run,
-                "best_val_acc": val_acc, "test_acc": 0.5, "num_parameters": 1}
+    def record(name: str, run: int, val_acc: float) -> RunRecord:
+        return RunRecord(family="3D", train_videos=10, candidate={"name": name}, run=run,
+                         best_val_acc=val_acc, best_epoch=1, test_acc=0.5, num_parameters=1)
 
     # "a" looks better over its own two runs (0.7) but is worse than "b" on the shared run 0.
     records = [record("a", 0, 0.5), record("a", 1, 0.9), record("b", 0, 0.6)]
     selection = select_configurations(records)[("3D", 10)]
     assert (selection.candidate, selection.mean_val_acc) == ("b", 0.6)
     assert select_configurations(records[:2])[("3D", 10)].mean_val_acc == pytest.approx(0.7)
+
+
+def test_last_weights_are_selected_on_their_own_validation_accuracy() -> None:
+    def record(name: str, history: list[float]) -> RunRecord:
+        return RunRecord(
+            family="3D", train_videos=10, candidate={"name": name}, run=0,
+            best_val_acc=max(history), best_epoch=1, test_acc=0.5, num_parameters=1,
+            val_acc_history=[[i + 1, v] for i, v in enumerate(history)],
+            recipe={"tested_weights": "last"})
+
+    # "a" peaked higher but ended lower: with last-epoch weights tested, "b" is selected.
+    selection = select_configurations([record("a", [0.9, 0.5]), record("b", [0.6, 0.7])])
+    assert selection[("3D", 10)].candidate == "b"
+
+
+def test_holm_adjustment() -> None:
+    adjusted = holm([0.01, 0.04, math.nan, 0.03])
+    assert adjusted[0] == pytest.approx(0.03) and math.isnan(adjusted[2])
+    assert adjusted[3] == pytest.approx(0.06) and adjusted[1] == pytest.approx(0.06)
+
+
+def test_report_shows_the_transform_drift_of_tt_models(tmp_path: Path) -> None:
+    drift = TransformDrift("features.0", 2.0, 5.0, 0.1, 0.3, 0.2, 0.5)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for run in range(2):
+        record = RunRecord(
+            run_id=f"3DTTN_n0010_c_r{run:03d}", family="3DTTN", train_videos=10, run=run,
+            candidate={"name": "c", "channels": [4, 14], "transform_lr_scale": 10},
+            best_val_acc=0.5, best_epoch=1, test_acc=0.5, num_parameters=1, transforms=[drift])
+        (runs / f"{record.run_id}.json").write_text(record.to_json())
+    markdown = write_report(tmp_path)
+    assert "| 10 | 3DTTN | 2.00 | 5.00 | 0.100 | 0.300 | 0.200 | 0.500 |" in markdown
+    assert "c: (4, 14), transform_lr_scale 10" in markdown
+
+
+def test_records_round_trip_and_reject_unknown_fields() -> None:
+    record = RunRecord(best_epoch=2, best_val_acc=0.5, test_acc=0.4, num_parameters=3,
+                       transforms=[TransformDrift("features.0", 1, 2, 3, 4, 5, 6)])
+    assert RunRecord.from_dict(json.loads(record.to_json())) == record
+    with pytest.raises(ValueError, match=r"unknown run record field\(s\) \['acc'\]"):
+        RunRecord.from_dict({**record.to_dict(), "acc": 1})
+    with pytest.raises(ValueError, match="incomplete run record"):
+        RunRecord.from_dict({"test_acc": 0.4})

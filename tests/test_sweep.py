@@ -6,42 +6,43 @@ import functools
 import json
 import multiprocessing
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import torch
 from filelock import FileLock, Timeout
-from pytorch_lightning import LightningDataModule
-from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_ttn import sweep
 from lightning_ttn.models import LeNet5
-from lightning_ttn.report import paper_table, write_report
-from lightning_ttn.sweep import (
-    BestValidationWeights,
-    main,
-    resolve_source,
-    result_path,
-    run_sweep,
-    train_one,
-)
-from lightning_ttn.sweep_config import (
+from lightning_ttn.protocol import runner, store
+from lightning_ttn.protocol.paper import WIDTHS, paper_table
+from lightning_ttn.protocol.report import write_report
+from lightning_ttn.protocol.runner import check_sizes, main, resolve_source, run_sweep, train_one
+from lightning_ttn.protocol.schema import (
     RunSpec,
     SweepConfig,
     SweepConfigError,
+    candidate_dict,
     load_config,
     parse_config,
     plan_runs,
     shard_runs,
 )
+from lightning_ttn.training.record import RunRecord, provenance
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = REPO / "configs" / "sweeps"
-METRIC_KEYS = ("val_acc_history", "best_epoch", "best_val_acc", "test_acc", "num_parameters")
+METRIC_KEYS = ("val_acc_history", "best_epoch", "best_val_acc", "test_acc", "test_loss",
+               "num_parameters", "train_loss_history", "transforms")
+
+
+def result_path(config: SweepConfig, spec: RunSpec) -> Path:
+    return store.record_path(config.output_dir, spec)
 
 
 def tiny_raw(output_dir: Path, **overrides: Any) -> dict[str, Any]:
@@ -68,14 +69,19 @@ def tiny_config(tmp_path: Path, **overrides: Any) -> SweepConfig:
     return parse_config(tiny_raw(tmp_path / "out", **overrides))
 
 
-def fake_train(spec: RunSpec, config: SweepConfig) -> dict[str, Any]:
+def fake_train(spec: RunSpec, config: SweepConfig) -> RunRecord:
     """Instant stand-in for ``train_one``: metrics derived from the run."""
     acc = 0.5 + 0.01 * spec.run + 0.001 * spec.train_videos
-    return {"val_acc_history": [[1, acc]], "best_epoch": 1, "best_val_acc": acc,
-            "test_acc": acc - 0.05, "num_parameters": 1}
+    return RunRecord(
+        val_acc_history=[[1, acc]], best_epoch=1, best_val_acc=acc, test_acc=acc - 0.05,
+        num_parameters=1, run_id=spec.run_id, family=spec.family, run=spec.run,
+        candidate=candidate_dict(spec.candidate), train_videos=spec.train_videos,
+        subset_seed=spec.run, recipe=spec.recipe.to_dict(), settings={"source": config.source},
+        **provenance(),
+    )
 
 
-def logged_fake_train(spec: RunSpec, config: SweepConfig, log_path: str) -> dict[str, Any]:
+def logged_fake_train(spec: RunSpec, config: SweepConfig, log_path: str) -> RunRecord:
     """``fake_train`` that appends the run id to a shared log and takes a little time."""
     with open(log_path, "a") as log:
         log.write(spec.run_id + "\n")
@@ -85,7 +91,7 @@ def logged_fake_train(spec: RunSpec, config: SweepConfig, log_path: str) -> dict
 
 def fake_train_killed_at(
     spec: RunSpec, config: SweepConfig, victim: str, marker: str
-) -> dict[str, Any]:
+) -> RunRecord:
     """``fake_train`` that, at run ``victim``, leaves a partial temp file and hangs."""
     if spec.run_id == victim:
         path = result_path(config, spec)
@@ -114,11 +120,12 @@ def test_paper_preset_pins_the_table2_widths() -> None:
     config = load_config(PRESETS / "paper.yaml")
     specs = plan_runs(config)
     assert len(specs) == 2 * 10 * 30
-    assert config.epochs == 100 and config.val_every_n_epochs == 1
+    assert config.recipe.epochs == 100 and config.recipe.val_every_n_epochs == 1
     assert config.val_videos is None and config.test_videos is None
     paper = paper_table()
     for spec in specs[:20]:  # run 0: one run per family and size
         assert spec.batch_size == (10 if spec.train_videos == 10 else 20)
+        assert spec.candidate.channels == WIDTHS[spec.train_videos][spec.family]
         model = LeNet5(spec.candidate.channels, spec.candidate.conv)
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         assert params == paper[spec.train_videos][f"{spec.family}_params"], spec.run_id
@@ -138,13 +145,15 @@ def test_plan_runs_run_index_outermost(tmp_path: Path) -> None:
         ({"families": {"3D": [{"name": "a", "channels": [4, 14], "lr": 0.1, "width": 3}]}},
          r"unknown key\(s\) \['width'\] in families.3D\[0\]"),
         ({"families": {"2D": [{"name": "a", "channels": [4, 14], "lr": 0.1}]}},
-         r"unknown key\(s\) \['2D'\] in families; allowed: 3D, 3DTTN"),
+         r"unknown key\(s\) \['2D'\] in families; allowed: 3D, 3DTTN, 3DTTN-fixed, 2\+1D"),
         ({"families": {"3D": [{"name": "a", "channels": [4, 14], "lr": 0.1, "conv": "conv2d"}]}},
          r"families.3D\[0\].conv: family 3D uses conv 'conv3d', got 'conv2d'"),
         ({"families": {"3D": [{"name": "a", "channels": [4], "lr": 0.1}]}},
          r"channels must be two integers"),
         ({"families": {"3D": [{"name": "a", "channels": [4, 14], "lr": 0}]}},
-         r"lr must be a number > 0, got 0"),
+         r"families.3D\[0\]: recipe.lr=0 must be > 0"),
+        ({"families": {"3D": [{"name": "a", "channels": [4, 14], "lr_schedule": "cosine"}]}},
+         r"recipe.lr_schedule='cosine' is not one of \('plateau', 'halve_every_10', "),
         ({"families": {"3D": [{"name": "a", "channels": [4, 14], "lr": 0.1, "sizes": [10]}]}},
          r"families.3D: no candidate applies to size 20"),
         ({"families": {"3D": [{"name": "a", "channels": [4, 14], "lr": 0.1}] * 2}},
@@ -152,25 +161,44 @@ def test_plan_runs_run_index_outermost(tmp_path: Path) -> None:
         ({"sizes": [10, 15]}, r"sizes\[1\]: training-set size must be a positive multiple of 10"),
         ({"sizes": [0]}, r"positive multiple of 10 \(class-balanced\), got 0"),
         ({"sizes": [10, 10]}, r"sizes lists a size twice"),
-        ({"sizes": [10, 4010]}, r"size 4010: source 'embedded' has 4000 training videos"),
-        ({"sizes": [10, 60000], "source": "mnist"}, r"source 'mnist' has 50000 training"),
-        ({"val_videos": 600}, r"val_videos must be null .* up to 500 for source 'embedded'"),
-        ({"test_videos": 20000, "source": "mnist"}, r"test_videos .* up to 10000"),
+        ({"val_videos": 15}, r"val_videos must be null .* positive multiple of 10"),
         ({"runs": 0}, r"runs must be an integer >= 1, got 0"),
-        ({"epochs": 2, "val_every_n_epochs": 3}, r"epochs \(2\) must be a multiple of val_every"),
-        ({"epochs": 7, "val_every_n_epochs": 2}, r"epochs \(7\) must be a multiple of val_every"),
+        ({"epochs": 2, "val_every_n_epochs": 3},
+         r"recipe.epochs \(2\) must be a multiple of recipe.val_every"),
+        ({"epochs": 7, "val_every_n_epochs": 2}, r"epochs \(7\) must be a multiple of"),
         ({"devices": 2}, r"devices must be 1 .* got 2; .* --shard k/n"),
         ({"families": {"3D": [{"name": "a", "channels": [4, 14], "lr": 0.1,
                                "sizes": [10, 20, 30]}]}},
          r"candidate 'a' lists sizes \[30\] that are not in the sweep's sizes \[10, 20\]"),
         ({"source": "imagenet"}, r"source must be one of auto, embedded, mnist, download"),
         ({"deterministic": "yes"}, r"deterministic must be true, false or warn"),
-        ({"batch_size_overrides": {15: 5}}, r"batch_size_overrides key: .* got 15"),
+        ({"batch_size_overrides": {"x": 5}}, r"batch_size_overrides key 'x'.* integer >= 1"),
+        ({"first_run": -1}, r"first_run must be an integer >= 0, got -1"),
     ],
 )
 def test_bad_sweep_file_is_rejected(tmp_path: Path, overrides: dict, match: str) -> None:
     with pytest.raises(SweepConfigError, match=match):
         tiny_config(tmp_path, **overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"sizes": [10, 4010]}, r"size 4010: source 'embedded' has 4000 training videos"),
+        ({"sizes": [10, 60000], "source": "mnist"}, r"source 'mnist' has 50000 training"),
+        ({"val_videos": 600}, r"val_videos=600 exceeds the 500 clips .* source 'embedded'"),
+        ({"test_videos": 20000, "source": "mnist"}, r"test_videos=20000 exceeds the 10000"),
+    ],
+)
+def test_sizes_beyond_the_digit_source_are_rejected(
+    tmp_path: Path, overrides: dict, match: str
+) -> None:
+    config = tiny_config(tmp_path, **overrides)
+    with pytest.raises(SweepConfigError, match=match):
+        check_sizes(config)
+    with pytest.raises(SweepConfigError, match=match):
+        run_sweep(config, train_fn=fake_train, show_progress=False)
+    assert not Path(config.output_dir).exists()  # fails before writing anything
 
 
 def test_bad_sweep_file_fails_before_any_training(
@@ -199,15 +227,15 @@ def test_resume_skips_finished_runs(tmp_path: Path) -> None:
     config = tiny_config(tmp_path)
     calls: list[str] = []
 
-    def counting_train(spec: RunSpec, cfg: SweepConfig) -> dict[str, Any]:
+    def counting_train(spec: RunSpec, cfg: SweepConfig) -> RunRecord:
         calls.append(spec.run_id)
         return fake_train(spec, cfg)
 
     first = run_sweep(config, train_fn=counting_train, show_progress=False)
     assert first == {"total": 8, "finished_before": 0, "trained": 8, "held": 0}
-    record = json.loads(result_path(config, plan_runs(config)[0]).read_text())
-    assert record["subset_seed"] == record["run"] == 0 and record["settings"]["epochs"] == 1
-    assert set(record["versions"]) == {"python", "torch", "pytorch_lightning", "lightning_ttn"}
+    record = RunRecord.read(result_path(config, plan_runs(config)[0]))
+    assert record.subset_seed == record.run == 0 and record.recipe["epochs"] == 1
+    assert set(record.versions) == {"python", "torch", "pytorch_lightning", "lightning_ttn"}
     second = run_sweep(config, train_fn=counting_train, show_progress=False)
     assert second == {"total": 8, "finished_before": 8, "trained": 0, "held": 0}
     assert len(calls) == 8
@@ -295,45 +323,46 @@ def test_concurrent_workers_train_each_run_once(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- train_one
-class RandomClips(LightningDataModule):
-    """Random clips standing in for Video-MNIST; the same subset_seed gives the same data."""
-
-    def __init__(self, subset_seed: int, batch_size: int) -> None:
-        super().__init__()
-        generator = torch.Generator().manual_seed(subset_seed)
-        self.x = torch.rand(10, 1, 30, 28, 28, generator=generator)
-        self.y = torch.arange(10)
-        self.batch_size = batch_size
-
-    def _loader(self, shuffle: bool) -> DataLoader:
-        return DataLoader(TensorDataset(self.x, self.y), batch_size=self.batch_size,
-                          shuffle=shuffle)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(shuffle=False)
-
-
-def random_clips(spec: RunSpec, config: SweepConfig) -> LightningDataModule:
-    return RandomClips(spec.run, spec.batch_size)
+def real_config(tmp_path: Path, **overrides: Any) -> SweepConfig:
+    """A tiny sweep on the embedded digits, cached in the repository's data directory."""
+    return tiny_config(tmp_path, data_dir=str(REPO / "data"), **overrides)
 
 
 def test_train_one_is_deterministic_and_tests_the_best_weights(tmp_path: Path) -> None:
-    config = tiny_config(tmp_path, sizes=[10], runs=1, epochs=2)
+    config = real_config(tmp_path, sizes=[10], runs=1, epochs=3)
     spec = next(s for s in plan_runs(config) if s.family == "3DTTN")
-    first = train_one(spec, config, make_datamodule=random_clips)
-    second = train_one(spec, config, make_datamodule=random_clips)
-    assert {k: first[k] for k in METRIC_KEYS} == {k: second[k] for k in METRIC_KEYS}
-    assert [epoch for epoch, _ in first["val_acc_history"]] == [1, 2]
-    assert first["best_val_acc"] == max(acc for _, acc in first["val_acc_history"])
-    assert first["num_parameters"] == 222940
-    # Validation and test data are the same here: the test scores the best-validation weights.
-    assert first["test_acc"] == pytest.approx(first["best_val_acc"])
+    first = train_one(spec, config)
+    second = train_one(spec, config)
+    assert {k: getattr(first, k) for k in METRIC_KEYS} == {
+        k: getattr(second, k) for k in METRIC_KEYS}
+    assert [epoch for epoch, _ in first.val_acc_history] == [1, 2, 3]
+    assert first.best_val_acc == max(acc for _, acc in first.val_acc_history)
+    assert first.tested_epoch == first.best_epoch
+    assert first.num_parameters == 222940 and first.batch_size == 10
+    assert [layer.layer for layer in first.transforms] == ["features.0", "features.3"]
+    assert first.replay == ["train.py", "fit", "--config",
+                            str(store.replay_config_path(config.output_dir, spec))]
+    assert not list(tmp_path.glob("lightning_logs")) and not Path("checkpoints").exists()
+
+
+def test_a_sweep_run_replays_exactly_from_its_record(tmp_path: Path) -> None:
+    """The record's replay command retrains the run: the same test accuracy on CPU."""
+    config = real_config(tmp_path, sizes=[20], runs=1, epochs=4, val_every_n_epochs=2)
+    run_sweep(config, show_progress=False)
+    spec = next(s for s in plan_runs(config) if s.family == "3DTTN")
+    record = RunRecord.read(result_path(config, spec))
+    env = {**os.environ, "OMP_NUM_THREADS": str(record.torch_threads)}
+    replay = subprocess.run(
+        [sys.executable, str(REPO / record.replay[0]), *record.replay[1:]],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert replay.returncode == 0, replay.stderr
+    printed = re.search(r"^\s*test/acc\s+([0-9.]+)\s*$", replay.stdout, re.MULTILINE)
+    assert printed and float(printed.group(1)) == pytest.approx(record.test_acc, abs=1e-7)
+    replayed = RunRecord.read(
+        tmp_path / "lightning_logs" / "replay" / spec.run_id / "version_0" / "run.json")
+    assert replayed.test_acc == record.test_acc
+    assert replayed.val_acc_history == record.val_acc_history
 
 
 @pytest.mark.slow
@@ -348,32 +377,26 @@ def test_smoke_preset_end_to_end(tmp_path: Path) -> None:
     write_report(config.output_dir)
     for name in ("table.md", "table.csv", "figure.png"):
         assert (Path(config.output_dir) / name).stat().st_size > 0
-    record = json.loads(result_path(config, plan_runs(config)[0]).read_text())
-    assert record["data_source"] == "embedded" and 0 <= record["test_acc"] <= 1
-
-
-def test_best_validation_weights_keeps_the_best_epoch_not_the_last() -> None:
-    module = torch.nn.Linear(2, 2)
-    best = BestValidationWeights()
-    for epoch, (accuracy, fill) in enumerate([(0.5, 1.0), (0.7, 2.0), (0.6, 3.0), (0.7, 4.0)]):
-        torch.nn.init.constant_(module.weight, fill)
-        trainer = SimpleNamespace(
-            sanity_checking=False, current_epoch=epoch, callback_metrics={"val/acc": accuracy}
-        )
-        best.on_validation_end(trainer, module)
-    assert best.history == [(1, 0.5), (2, 0.7), (3, 0.6), (4, 0.7)]
-    assert (best.best_epoch, best.best_val_acc) == (2, 0.7)  # the first of equal accuracies
-    assert torch.equal(best.best_state["weight"], torch.full((2, 2), 2.0))
+    record = RunRecord.read(result_path(config, plan_runs(config)[0]))
+    assert record.data_source == "embedded" and 0 <= record.test_acc <= 1
 
 
 def test_auto_source_is_resolved_once_and_sizes_checked_against_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
-        sweep.video_mnist, "load_digits", lambda *args, **kwargs: SimpleNamespace(name="embedded")
+        runner, "load_digits", lambda *args, **kwargs: SimpleNamespace(name="embedded")
     )
     config = tiny_config(tmp_path, source="auto")
     assert resolve_source(config).source == "embedded"
     too_big = tiny_config(tmp_path, source="auto", sizes=[10, 5000])  # fits full MNIST only
     with pytest.raises(SweepConfigError, match="source 'embedded' has 4000 training videos"):
-        resolve_source(too_big)
+        check_sizes(resolve_source(too_big))
+
+
+def test_sweep_vocabularies_match_the_data_package() -> None:
+    from lightning_ttn.data import MOTIONS
+    from lightning_ttn.data.mnist import SOURCES
+    from lightning_ttn.protocol import schema
+
+    assert schema.MOTIONS == tuple(MOTIONS) and schema.SOURCES == tuple(SOURCES)

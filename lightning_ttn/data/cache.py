@@ -6,15 +6,18 @@ Layout of one entry, ``<data_dir>/video_mnist/<key>/``::
     train_labels.npy   int64 (N,)
     train_index.npy    int64 (N,)  the digit's index in its source (= the clip's render id)
     val_*.npy, test_*.npy
-    manifest.json      written last: key, generator version, motion table, seed, source name and
-                       checksum, and per file its shape, dtype, size and sha256
+    manifest.json      written last: key, generator version, motion preset (when not "table1")
+                       and its table, seed, source name and checksum, and per file its shape,
+                       dtype, size and sha256
 
-``<key>`` hashes everything that determines the bytes (generator version, motion table, frame
-size, seed, digit source checksum), so a change gives a new entry, never a stale hit. Files are
-written to temporary names in the entry directory and moved into place with ``os.replace``;
-concurrent writers (DDP ranks, sweep workers) serialise on ``<entry>.lock`` and re-check the entry
-after acquiring it. Opening always checks every file's size and shape against the manifest;
-``verify=True`` also recomputes the sha256.
+``<key>`` hashes everything that determines the bytes (generator version, motion preset and
+table, frame size, seed, digit source checksum), so a change gives a new entry, never a stale
+hit. The preset's name enters only when it is not ``"table1"``, so ``"table1"`` entries keep the
+keys they had before presets existed. Files are written to temporary names in the entry directory
+and moved into place with ``os.replace``; concurrent writers (DDP ranks, sweep workers) serialise
+on ``<entry>.lock`` and re-check the entry after acquiring it. Opening always checks every file's
+size and shape against the manifest; ``verify=True`` also recomputes the sha256. A manifest that
+is not a JSON object, or lacks a field, makes the entry corrupt like a bad file does.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ from lightning_ttn.data.mnist import DigitSource
 from lightning_ttn.data.video_mnist import (
     FRAMES,
     GENERATOR_VERSION,
-    MOTION_TABLE,
+    MOTION_TABLES,
     SIZE,
+    check_motion,
     render_clips,
 )
 from lightning_ttn.fileio import atomic_path, file_digest, write_text_atomic
@@ -44,6 +48,8 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
 CHUNK_CLIPS = 2000  # clips rendered per step into the memory-mapped file (~47 MB)
+# What the manifest records about each file, with its JSON type.
+_FILE_FIELDS = {"shape": list, "dtype": str, "size": int, "sha256": str}
 
 
 class CacheError(RuntimeError):
@@ -69,19 +75,30 @@ def cache_identity(
     seed: int,
     generator_version: int | None = None,
     motion_table: dict | None = None,
+    motion: str = "table1",
 ) -> dict:
     """Everything that determines the rendered bytes (hashed into the key, stored in manifest).
 
-    ``generator_version`` / ``motion_table`` default to the current generator's.
+    Args:
+        source: the digits.
+        seed: render seed.
+        generator_version: defaults to the current generator's.
+        motion_table: defaults to the preset's table.
+        motion: motion preset, one of :data:`~lightning_ttn.data.video_mnist.MOTIONS`; recorded
+            only when not ``"table1"``, so ``"table1"`` keys are those from before presets.
     """
-    return {
+    check_motion(motion)
+    identity = {
         "generator_version": GENERATOR_VERSION if generator_version is None else generator_version,
-        "motion_table": MOTION_TABLE if motion_table is None else motion_table,
+        "motion_table": MOTION_TABLES[motion] if motion_table is None else motion_table,
         "frames": FRAMES,
         "size": SIZE,
         "seed": int(seed),
         "source": {"name": source.name, "checksum": source.checksum},
     }
+    if motion != "table1":
+        identity["motion"] = motion
+    return identity
 
 
 def cache_key(identity: dict) -> str:
@@ -103,15 +120,38 @@ def read_manifest(entry: str | os.PathLike) -> dict:
     """Reads ``manifest.json`` of an entry.
 
     Raises:
-        CacheError: no manifest (entry absent or never completed) or unreadable.
+        CacheError: no manifest (entry absent or never completed), unreadable, or not a JSON
+            object.
     """
     path = Path(entry) / MANIFEST
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except FileNotFoundError as e:
         raise CacheError(f"cache entry {entry} is incomplete: no {MANIFEST}") from e
     except (OSError, ValueError) as e:
         raise CacheError(f"cache manifest {path} is unreadable: {e}") from e
+    if not isinstance(manifest, dict):
+        raise CacheError(
+            f"cache manifest {path} holds a JSON {type(manifest).__name__}, not an object"
+        )
+    return manifest
+
+
+def _file_meta_of(entry: Path, manifest: dict, name: str) -> dict:
+    """The manifest's record of file ``name``, checked to have every field of the right type."""
+    files = manifest.get("files")
+    if not isinstance(files, dict) or name not in files:
+        raise CacheError(f"cache manifest in {entry} does not list {name}")
+    meta = files[name]
+    for field, kind in _FILE_FIELDS.items():
+        if not isinstance(meta, dict) or field not in meta:
+            raise CacheError(f"cache manifest in {entry} has no {field!r} for {name}")
+        if type(meta[field]) is not kind:  # exact JSON types: true is no size
+            raise CacheError(
+                f"cache manifest in {entry} has {field}={meta[field]!r} for {name}, "
+                f"expected {kind.__name__}"
+            )
+    return meta
 
 
 def _check_file(entry: Path, name: str, meta: dict, verify: bool) -> None:
@@ -155,10 +195,11 @@ def validate_entry(entry: str | os.PathLike, verify: bool = False) -> dict:
     if manifest.get("key") != entry.name:
         raise CacheError(f"cache manifest in {entry} belongs to key {manifest.get('key')!r}")
     expected = {name for split in SPLITS for name in _file_names(split)}
-    if set(manifest.get("files", {})) != expected:
+    files = manifest.get("files")
+    if not isinstance(files, dict) or set(files) != expected:
         raise CacheError(f"cache manifest in {entry} does not list the files {sorted(expected)}")
-    for name, meta in manifest["files"].items():
-        _check_file(entry, name, meta, verify)
+    for name in sorted(expected):
+        _check_file(entry, name, _file_meta_of(entry, manifest, name), verify)
     return manifest
 
 
@@ -179,11 +220,7 @@ def open_split(entry: str | os.PathLike, split: str, verify: bool = False) -> Ca
     manifest = read_manifest(entry)
     arrays = []
     for name in _file_names(split):
-        try:
-            meta = manifest["files"][name]
-        except KeyError as e:
-            raise CacheError(f"cache manifest in {entry} does not list {name}") from e
-        _check_file(entry, name, meta, verify)
+        _check_file(entry, name, _file_meta_of(entry, manifest, name), verify)
         arrays.append(np.load(entry / name, mmap_mode="r"))
     videos, labels, index = arrays
     return CachedSplit(videos, np.asarray(labels), np.asarray(index))
@@ -198,7 +235,9 @@ def _file_meta(path: Path, array: np.ndarray) -> dict:
     }
 
 
-def _write_split(entry: Path, split: str, source: DigitSource, seed: int, chunk: int) -> dict:
+def _write_split(
+    entry: Path, split: str, source: DigitSource, seed: int, motion: str, chunk: int
+) -> dict:
     digits, labels, index = source.split(split)
     names = _file_names(split)
     files = {}
@@ -208,7 +247,7 @@ def _write_split(entry: Path, split: str, source: DigitSource, seed: int, chunk:
         )
         for start in range(0, len(digits), chunk):
             sl = slice(start, start + chunk)
-            videos[sl] = render_clips(digits[sl], labels[sl], seed, index[sl])
+            videos[sl] = render_clips(digits[sl], labels[sl], seed, index[sl], motion)
         videos.flush()
         files[names[0]] = _file_meta(tmp, videos)
         del videos  # close the memmap before moving the file
@@ -221,7 +260,9 @@ def _write_split(entry: Path, split: str, source: DigitSource, seed: int, chunk:
     return files
 
 
-def _render_entry(entry: Path, identity: dict, source: DigitSource, chunk: int) -> dict:
+def _render_entry(
+    entry: Path, identity: dict, source: DigitSource, motion: str, chunk: int
+) -> dict:
     entry.mkdir(parents=True, exist_ok=True)
     # A stale manifest would vouch for files while they are being replaced.
     (entry / MANIFEST).unlink(missing_ok=True)
@@ -229,7 +270,7 @@ def _render_entry(entry: Path, identity: dict, source: DigitSource, chunk: int) 
         leftover.unlink()
     files = {}
     for split in SPLITS:
-        files.update(_write_split(entry, split, source, identity["seed"], chunk))
+        files.update(_write_split(entry, split, source, identity["seed"], motion, chunk))
     manifest = {"key": entry.name, **identity, "files": files}
     write_text_atomic(entry / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
     return manifest
@@ -241,12 +282,13 @@ def get_or_render(
     data_dir: str | os.PathLike,
     verify: bool = False,
     chunk_clips: int = CHUNK_CLIPS,
+    motion: str = "table1",
 ) -> Path:
-    """Returns the cache entry of ``(source, seed)``, rendering it first if needed.
+    """Returns the cache entry of ``(source, seed, motion)``, rendering it first if needed.
 
-    A missing, incomplete or corrupted entry (size/shape mismatch; sha256 mismatch when
-    ``verify``) is re-rendered, with a warning for the corrupted case. Safe to call from several
-    processes at once.
+    A missing, incomplete or corrupted entry (manifest not an object or missing a field;
+    size/shape mismatch; sha256 mismatch when ``verify``) is re-rendered, with a warning for the
+    corrupted case. Safe to call from several processes at once.
 
     Args:
         source: the digits.
@@ -254,11 +296,12 @@ def get_or_render(
         data_dir: root data directory; entries live in ``<data_dir>/video_mnist/``.
         verify: recompute the sha256 of an existing entry's files before trusting it.
         chunk_clips: clips rendered per step (bounds memory).
+        motion: motion preset, one of :data:`~lightning_ttn.data.video_mnist.MOTIONS`.
 
     Returns:
         The entry directory.
     """
-    identity = cache_identity(source, seed)
+    identity = cache_identity(source, seed, motion=motion)
     entry = entry_dir(data_dir, cache_key(identity))
     try:
         validate_entry(entry, verify)
@@ -273,6 +316,12 @@ def get_or_render(
         except CacheError as e:
             if (entry / MANIFEST).exists():
                 log.warning("re-rendering corrupted Video-MNIST cache entry: %s", e)
-        log.info("rendering Video-MNIST (%s digits, seed %d) into %s", source.name, seed, entry)
-        _render_entry(entry, identity, source, chunk_clips)
+        log.info(
+            "rendering Video-MNIST (%s digits, seed %d, motion %s) into %s",
+            source.name,
+            seed,
+            motion,
+            entry,
+        )
+        _render_entry(entry, identity, source, motion, chunk_clips)
     return entry

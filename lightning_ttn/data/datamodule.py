@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_ttn.data.cache import SPLITS, CachedSplit, get_or_render, open_split
-from lightning_ttn.data.mnist import SOURCES, DigitSource, load_digits
+from lightning_ttn.data.mnist import SOURCES, DigitSource, SourceName, load_digits
+from lightning_ttn.data.video_mnist import Motion, check_motion
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,25 @@ def balanced_subset(labels: np.ndarray, total: int, seed: int, what: str) -> np.
         for c in range(10)
     ]
     return np.sort(np.concatenate(rows)).astype(np.int64)
+
+
+def interleave_classes(rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Reorders rows by (rank within its class, class): the first row of each class 0..9, then
+    the second of each, and so on, so that any prefix (a few batches) covers every class.
+
+    Args:
+        rows: int (M,), positions in the split, in the order ranks are counted.
+        labels: int (N,), labels of the whole split.
+
+    Returns:
+        int64 (M,), the same rows reordered.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    y = labels[rows]
+    rank = np.empty(len(rows), dtype=np.int64)
+    for c in np.unique(y):
+        rank[y == c] = np.arange(np.count_nonzero(y == c))
+    return rows[np.lexsort((y, rank))]  # last key is the primary one
 
 
 class VideoClipDataset(Dataset):
@@ -133,6 +153,15 @@ class VideoMNISTDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes (0 = load in the main process).
         render_seed: seed of the random motion variations (part of the cache key).
         mnist_dir: directory of the MNIST IDX files, overriding ``<data_dir>/mnist``.
+        motion: motion preset (part of the cache key): ``"table1"`` (the paper's Table 1,
+            smooth motion) or ``"authors"`` (what the authors' generator does).
+        verify: recompute the sha256 of every cached file (reads every byte) when
+            ``prepare_data`` / ``setup`` look the entry up, and re-render it if corrupted;
+            without it only the manifest, sizes and shapes are checked.
+
+    Validation, test and predict clips are served class-interleaved (one clip of each class,
+    then the next of each, ...), so limiting evaluation to a few batches still covers every
+    class; training clips are shuffled.
     """
 
     num_classes = 10
@@ -140,7 +169,7 @@ class VideoMNISTDataModule(pl.LightningDataModule):
     def __init__(
         self,
         data_dir: str = "data",
-        source: str = "auto",
+        source: SourceName = "auto",
         train_videos: int | None = None,
         val_videos: int | None = None,
         test_videos: int | None = None,
@@ -149,10 +178,15 @@ class VideoMNISTDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         render_seed: int = 0,
         mnist_dir: str | None = None,
+        motion: Motion = "table1",
+        verify: bool = False,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
             raise ValueError(f"source={source!r} is not one of {SOURCES}")
+        check_motion(motion)
+        if not isinstance(verify, bool):
+            raise ValueError(f"verify={verify!r} must be True or False")
         for name, value in (
             ("train_videos", train_videos),
             ("val_videos", val_videos),
@@ -177,6 +211,8 @@ class VideoMNISTDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.render_seed = render_seed
         self.mnist_dir = mnist_dir
+        self.motion = motion
+        self.verify = verify
         self.digits: DigitSource | None = None
         self.cache_entry: Path | None = None
         self.datasets: dict[str, VideoClipDataset] = {}
@@ -201,10 +237,15 @@ class VideoMNISTDataModule(pl.LightningDataModule):
         kwargs = {} if allow_download else {"mirrors": ()}
         return load_digits(source, self.data_dir, self.mnist_dir, **kwargs)
 
+    def _get_or_render(self) -> Path:
+        return get_or_render(
+            self.digits, self.render_seed, self.data_dir, verify=self.verify, motion=self.motion
+        )
+
     def prepare_data(self) -> None:
         """Loads (downloads if asked) the digits and renders the cache entry if missing."""
         self.digits = self._load_digits(allow_download=True)
-        self.cache_entry = get_or_render(self.digits, self.render_seed, self.data_dir)
+        self.cache_entry = self._get_or_render()
 
     def setup(self, stage: str | None = None) -> None:
         """Opens the cached splits the stage needs and selects the subsets."""
@@ -212,8 +253,8 @@ class VideoMNISTDataModule(pl.LightningDataModule):
             self.digits = self._load_digits(allow_download=False)
         if self.cache_entry is None:
             # Ranks other than prepare_data's, or prepare_data never ran: renders under the
-            # file lock if the entry is missing.
-            self.cache_entry = get_or_render(self.digits, self.render_seed, self.data_dir)
+            # file lock if the entry is missing (or corrupted: verify).
+            self.cache_entry = self._get_or_render()
         counts = {"train": self.train_videos, "val": self.val_videos, "test": self.test_videos}
         for split in _STAGE_SPLITS[stage]:
             if split in self.datasets:
@@ -224,6 +265,8 @@ class VideoMNISTDataModule(pl.LightningDataModule):
             else:
                 seed = self.subset_seed if split == "train" else EVAL_SUBSET_SEED
                 rows = balanced_subset(cached.labels, counts[split], seed, f"{split}_videos")
+            if split != "train":  # served in order: interleave so a prefix holds every class
+                rows = interleave_classes(rows, cached.labels)
             self.datasets[split] = VideoClipDataset(
                 self.cache_entry / f"{split}_videos.npy", rows, cached.labels
             )

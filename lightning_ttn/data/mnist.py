@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import numpy as np
 
@@ -29,7 +29,8 @@ from lightning_ttn.fileio import atomic_path, file_digest
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("auto", "embedded", "mnist", "download")
+SourceName = Literal["auto", "embedded", "mnist", "download"]
+SOURCES: tuple[str, ...] = get_args(SourceName)
 
 DEFAULT_MIRRORS: tuple[str, ...] = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -243,8 +244,8 @@ def download_file(
         The path of the verified file.
 
     Raises:
-        MnistFileError: every mirror failed (the message lists each failure) or the MD5 of a
-            downloaded file did not match (names the file, expected and actual MD5).
+        MnistFileError: every mirror failed (the message lists each failure: e.g. a transfer
+            cut short, "got N of M bytes", or an MD5 mismatch naming expected and actual MD5).
     """
     md5 = md5 or MNIST_FILES[filename]
     directory = Path(directory)
@@ -258,8 +259,17 @@ def download_file(
         try:
             with atomic_path(target) as tmp:
                 with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                    expected = resp.headers.get("Content-Length")
+                    received = 0
                     for block in iter(lambda: resp.read(1 << 20), b""):
                         out.write(block)
+                        received += len(block)
+                # http.client ends a body cut short without an error: only the count tells.
+                if expected is not None and expected.isdigit() and received < int(expected):
+                    raise MnistFileError(
+                        f"incomplete download of {filename} from {url}: got {received} of "
+                        f"{expected} bytes (connection closed early)"
+                    )
                 actual = file_digest(tmp, "md5")
                 if actual != md5:
                     raise MnistFileError(
@@ -407,3 +417,13 @@ def load_digits(
         directory,
     )
     return read_embedded()
+
+
+# (train, val, test) clips of each digit source. "auto" and "download" may resolve to full
+# MNIST, so they are checked against its sizes (the data module errors if "auto" falls back).
+SPLIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "auto": (_MNIST_TRAIN_SIZE, 10_000, 10_000),
+    "embedded": tuple(10 * n for n in _EMBEDDED_PER_CLASS),
+    "mnist": (_MNIST_TRAIN_SIZE, 10_000, 10_000),
+    "download": (_MNIST_TRAIN_SIZE, 10_000, 10_000),
+}

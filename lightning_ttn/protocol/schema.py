@@ -1,32 +1,35 @@
 """The sweep file: its schema, its validation and the ordered list of runs it describes.
 
-Kept free of Lightning imports so that ``lightning_ttn.report`` and ``--dry-run`` load fast.
-A sweep file is YAML (or JSON) with these keys (only ``families`` and ``sizes`` are required)::
+Lightning-free, so that the report loads fast. A sweep file is YAML (or JSON); only
+``families`` and ``sizes`` are required. Its top level holds the sweep's settings and any
+field of :class:`lightning_ttn.training.recipe.Recipe` (the sweep-wide recipe); each candidate
+names a width and may override any recipe field::
 
     output_dir: runs/sweeps/paper      # results, sweep.yaml/sweep.json, locks, tensorboard/
     source: auto                       # auto | embedded | mnist | download
     data_dir: data
     mnist_dir: null                    # MNIST IDX files (default: <data_dir>/mnist)
     render_seed: 0
+    motion: table1                     # table1 | authors (lightning_ttn.data.MOTIONS)
+    verify: false                      # check the cache's sha256 before every run
     num_workers: 0
     sizes: [10, 20, 30]                # training videos, positive multiples of 10
     runs: 30                           # runs per configuration; run r uses subset_seed=r
+    first_run: 0                       # run indices first_run .. first_run + runs - 1
     seed_offset: 0                     # run r initializes its weights with seed_offset + r
-    epochs: 100
-    val_every_n_epochs: 1
-    batch_size: 20
-    batch_size_overrides: {10: 10}     # training videos -> batch size
     val_videos: null                   # validation clips per run (null: the whole split)
     test_videos: null                  # test clips per run (null: the whole split)
     accelerator: auto
     devices: 1
     deterministic: warn                # true | false | warn (passed to the Trainer)
     tensorboard: false                 # one TensorBoard log per run under <output_dir>/tensorboard
-    families:
+    epochs: 100                        # recipe fields: any of Recipe's, e.g. lr, epochs,
+    val_every_n_epochs: 1              #   val_every_n_epochs, batch_size_overrides, ...
+    families:                          # lightning_ttn.models.FAMILIES
       3D:
-        - {name: w18-28, channels: [18, 28], lr: 0.05}               # conv defaults to conv3d
+        - {name: w18-28, channels: [18, 28]}
       3DTTN:
-        - {name: w4-14, channels: [4, 14], conv: ttconv3d, lr: 0.05, sizes: [500, 2000]}
+        - {name: w4-14, channels: [4, 14], lr: 0.01, transform_lr_scale: 10, sizes: [500]}
 """
 
 from __future__ import annotations
@@ -40,26 +43,24 @@ from typing import Any
 
 import yaml
 
-# The conv type of each model family (paper Section 3.3).
-FAMILY_CONVS = {"3D": "conv3d", "3DTTN": "ttconv3d"}
-# (train, val, test) clips of each digit source; "auto" may resolve to full MNIST, so it is
-# checked against MNIST's sizes (the data module itself errors if it falls back to "embedded").
-SPLIT_SIZES = {
-    "auto": (50_000, 10_000, 10_000),
-    "embedded": (4_000, 500, 500),
-    "mnist": (50_000, 10_000, 10_000),
-    "download": (50_000, 10_000, 10_000),
-}
+from lightning_ttn.models import FAMILIES, Family
+from lightning_ttn.training.recipe import FIELDS as RECIPE_FIELDS
+from lightning_ttn.training.recipe import Recipe
+
 NUM_CLASSES = 10
+# The data package owns these vocabularies; it imports Lightning (its DataModule), which the
+# report must not, so they are restated here and a test keeps them equal.
+SOURCES = ("auto", "embedded", "mnist", "download")
+MOTIONS = ("table1", "authors")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 # Keys that may differ when a sweep is resumed in the same output directory: they change where
 # or how fast runs happen, or add runs, never what a finished run means.
 RESUMABLE_KEYS = (
     "output_dir", "data_dir", "mnist_dir", "num_workers", "runs", "accelerator",
-    "tensorboard",
+    "tensorboard", "verify",
 )
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_CANDIDATE_KEYS = ("name", "channels", "conv", "lr", "sizes")
+_CANDIDATE_KEYS = ("name", "channels", "conv", "sizes")
 
 
 class SweepConfigError(ValueError):
@@ -73,16 +74,16 @@ class Candidate:
     Attributes:
         name: Identifier, unique within its family (letters, digits, ``_ . -``).
         channels: Output channels ``(c1, c2)`` of LeNet-5's two convolutions.
-        conv: ``conv3d`` or ``ttconv3d``; must match the family.
-        lr: SGD learning rate (momentum 0.9).
+        conv: The family's conv type (``lightning_ttn.models.FAMILIES``).
         sizes: Training-set sizes this candidate is trained at; ``None``: all of the sweep's.
+        recipe: Recipe fields this candidate overrides, as ``(field, value)`` pairs.
     """
 
     name: str
     channels: tuple[int, int]
     conv: str
-    lr: float
     sizes: tuple[int, ...] | None = None
+    recipe: tuple[tuple[str, Any], ...] = ()
 
     def applies_to(self, train_videos: int) -> bool:
         """Whether the candidate is trained with ``train_videos`` videos."""
@@ -95,18 +96,18 @@ class SweepConfig:
 
     families: dict[str, tuple[Candidate, ...]]
     sizes: tuple[int, ...]
+    recipe: Recipe = field(default_factory=Recipe)
     output_dir: str = "runs/sweep"
     source: str = "auto"
     data_dir: str = "data"
     mnist_dir: str | None = None
     render_seed: int = 0
+    motion: str = "table1"
+    verify: bool = False
     num_workers: int = 0
     runs: int = 30
+    first_run: int = 0
     seed_offset: int = 0
-    epochs: int = 100
-    val_every_n_epochs: int = 1
-    batch_size: int = 20
-    batch_size_overrides: dict[int, int] = field(default_factory=dict)
     val_videos: int | None = None
     test_videos: int | None = None
     accelerator: str = "auto"
@@ -117,18 +118,18 @@ class SweepConfig:
     tensorboard: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as plain YAML/JSON types; ``parse_config`` of it gives it back."""
-        data = dataclasses.asdict(self)
+        """The config as plain YAML/JSON types, the recipe's fields at the top level;
+        ``parse_config`` of it gives it back."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data.pop("recipe")
+        families = data.pop("families")
         data["sizes"] = list(self.sizes)
+        data.update(self.recipe.to_dict())
         data["families"] = {
             family: [candidate_dict(c) for c in candidates]
-            for family, candidates in self.families.items()
+            for family, candidates in families.items()
         }
         return data
-
-    def batch_size_for(self, train_videos: int) -> int:
-        """The batch size used with ``train_videos`` training videos."""
-        return self.batch_size_overrides.get(train_videos, self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -136,12 +137,12 @@ class RunSpec:
     """One training run: a candidate of a family, a training-set size and a run index.
 
     Attributes:
-        family: ``3D`` or ``3DTTN``.
+        family: A name of ``lightning_ttn.models.FAMILIES``.
         candidate: The configuration trained.
         train_videos: Training-set size.
         run: Run index ``r``; the training videos are drawn with ``subset_seed=r``.
         init_seed: Weight-initialization seed (``seed_offset + r``).
-        batch_size: Training batch size.
+        recipe: The sweep's recipe with the candidate's overrides.
     """
 
     family: str
@@ -149,36 +150,57 @@ class RunSpec:
     train_videos: int
     run: int
     init_seed: int
-    batch_size: int
+    recipe: Recipe
 
     @property
     def run_id(self) -> str:
         """File-name stem of the run's result, e.g. ``3DTTN_n0010_w18-28_r003``."""
         return f"{self.family}_n{self.train_videos:04d}_{self.candidate.name}_r{self.run:03d}"
 
+    @property
+    def batch_size(self) -> int:
+        """Training batch size (the recipe's rule at this size)."""
+        return self.recipe.batch_size_for(self.train_videos)
+
+    @property
+    def model(self) -> Family:
+        """The family's conv type and transform."""
+        return FAMILIES[self.family]
+
 
 def candidate_dict(candidate: Candidate) -> dict[str, Any]:
     """A candidate as plain YAML/JSON types, as in the sweep file."""
-    data = dataclasses.asdict(candidate)
-    data["channels"] = list(candidate.channels)
-    data["sizes"] = None if candidate.sizes is None else list(candidate.sizes)
-    return data
+    return {
+        "name": candidate.name,
+        "channels": list(candidate.channels),
+        "conv": candidate.conv,
+        "sizes": None if candidate.sizes is None else list(candidate.sizes),
+        **dict(candidate.recipe),
+    }
 
 
 def load_config(path: str | Path) -> SweepConfig:
     """Reads and validates a sweep file (YAML or JSON).
 
     Raises:
-        SweepConfigError: the file is invalid (message names the file, key and value).
+        SweepConfigError: the file is unreadable or invalid (the message names the file, the
+            key and the value).
     """
     try:
         raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise SweepConfigError(f"{path}: cannot read the sweep file: {e}") from e
     try:
         return parse_config(raw)
     except SweepConfigError as e:
         raise SweepConfigError(f"{path}: {e}") from e
+
+
+def _recipe(base: Recipe, changes: dict[str, Any], where: str) -> Recipe:
+    try:
+        return base.replace(**changes)
+    except (TypeError, ValueError) as e:
+        raise SweepConfigError(f"{where}: {e}") from e
 
 
 def parse_config(raw: Any) -> SweepConfig:
@@ -189,19 +211,18 @@ def parse_config(raw: Any) -> SweepConfig:
     """
     if not isinstance(raw, dict):
         raise SweepConfigError(f"the sweep file must be a mapping, got {type(raw).__name__}")
-    allowed = [f.name for f in dataclasses.fields(SweepConfig)]
-    _reject_unknown(raw, allowed, "top level")
+    settings = [f.name for f in dataclasses.fields(SweepConfig) if f.name != "recipe"]
+    _reject_unknown(raw, settings + list(RECIPE_FIELDS), "top level")
     for key in ("families", "sizes"):
         if key not in raw:
             raise SweepConfigError(f"missing required key {key!r}")
-    values = {key: raw[key] for key in allowed if key in raw}
+    values = {key: raw[key] for key in settings if key in raw}
+    values["recipe"] = _recipe(Recipe(), {k: raw[k] for k in RECIPE_FIELDS if k in raw},
+                               "top level")
     values["sizes"] = _size_list(raw["sizes"], "sizes", unique=True)
-    values["families"] = _families(raw["families"], values["sizes"])
-    if "batch_size_overrides" in raw:
-        values["batch_size_overrides"] = _batch_size_overrides(raw["batch_size_overrides"])
+    values["families"] = _families(raw["families"], values["sizes"], values["recipe"])
     config = SweepConfig(**values)
     _check_scalars(config)
-    _check_split_sizes(config)
     return config
 
 
@@ -241,16 +262,18 @@ def _size_list(value: Any, key: str, unique: bool) -> tuple[int, ...]:
     return sizes
 
 
-def _families(value: Any, sizes: tuple[int, ...]) -> dict[str, tuple[Candidate, ...]]:
+def _families(
+    value: Any, sizes: tuple[int, ...], recipe: Recipe
+) -> dict[str, tuple[Candidate, ...]]:
     if not isinstance(value, dict) or not value:
         raise SweepConfigError(
-            f"families must map family names ({', '.join(FAMILY_CONVS)}) to lists of "
+            f"families must map family names ({', '.join(FAMILIES)}) to lists of "
             f"candidates, got {value!r}"
         )
-    _reject_unknown(value, tuple(FAMILY_CONVS), "families")
+    _reject_unknown(value, tuple(FAMILIES), "families")
     families = {}
     for family, candidates in value.items():
-        families[family] = _candidates(family, candidates)
+        families[family] = _candidates(family, candidates, recipe)
         for candidate in families[family]:
             extra = sorted(set(candidate.sizes or ()) - set(sizes))
             if extra:
@@ -264,25 +287,28 @@ def _families(value: Any, sizes: tuple[int, ...]) -> dict[str, tuple[Candidate, 
     return families
 
 
-def _candidates(family: str, value: Any) -> tuple[Candidate, ...]:
+def _candidates(family: str, value: Any, recipe: Recipe) -> tuple[Candidate, ...]:
     where = f"families.{family}"
     if not isinstance(value, list) or not value:
         raise SweepConfigError(f"{where} must be a non-empty list of candidates, got {value!r}")
-    candidates = tuple(_candidate(family, item, f"{where}[{i}]") for i, item in enumerate(value))
+    candidates = tuple(
+        _candidate(family, item, f"{where}[{i}]", recipe) for i, item in enumerate(value)
+    )
     names = [c.name for c in candidates]
     if len(set(names)) != len(names):
         raise SweepConfigError(f"{where}: candidate names must be unique, got {names}")
     return candidates
 
 
-def _candidate(family: str, item: Any, where: str) -> Candidate:
+def _candidate(family: str, item: Any, where: str, recipe: Recipe) -> Candidate:
+    allowed = _CANDIDATE_KEYS + RECIPE_FIELDS
     if not isinstance(item, dict):
-        raise SweepConfigError(f"{where} must be a mapping with keys {_CANDIDATE_KEYS}")
-    _reject_unknown(item, _CANDIDATE_KEYS, where)
-    for key in ("name", "channels", "lr"):
+        raise SweepConfigError(f"{where} must be a mapping with keys among {allowed}")
+    _reject_unknown(item, allowed, where)
+    for key in ("name", "channels"):
         if key not in item:
             raise SweepConfigError(f"{where}: missing required key {key!r}")
-    name, channels, lr = item["name"], item["channels"], item["lr"]
+    name, channels = item["name"], item["channels"]
     if not isinstance(name, str) or not _NAME_PATTERN.match(name):
         raise SweepConfigError(
             f"{where}.name must be letters, digits, '_', '.' or '-' (a file-name part), "
@@ -291,35 +317,22 @@ def _candidate(family: str, item: Any, where: str) -> Candidate:
     if not (isinstance(channels, list) and len(channels) == 2):
         raise SweepConfigError(f"{where}.channels must be two integers [c1, c2], got {channels!r}")
     channels = tuple(_positive_int(c, f"{where}.channels") for c in channels)
-    conv = item.get("conv", FAMILY_CONVS[family])
-    if conv != FAMILY_CONVS[family]:
+    conv = item.get("conv", FAMILIES[family].conv)
+    if conv != FAMILIES[family].conv:
         raise SweepConfigError(
-            f"{where}.conv: family {family} uses conv {FAMILY_CONVS[family]!r}, got {conv!r}"
+            f"{where}.conv: family {family} uses conv {FAMILIES[family].conv!r}, got {conv!r}"
         )
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise SweepConfigError(f"{where}.lr must be a number > 0, got {lr!r}")
+    overrides = {k: item[k] for k in RECIPE_FIELDS if k in item}
+    _recipe(recipe, overrides, where)  # validates the overrides
     sizes = item.get("sizes")
     if sizes is not None:
         sizes = _size_list(sizes, f"{where}.sizes", unique=True)
-    return Candidate(name=name, channels=channels, conv=conv, lr=float(lr), sizes=sizes)
-
-
-def _batch_size_overrides(value: Any) -> dict[int, int]:
-    if not isinstance(value, dict):
-        raise SweepConfigError(
-            f"batch_size_overrides must map training-set sizes to batch sizes, got {value!r}"
-        )
-    # JSON turns integer keys into strings; accept their round trip.
-    return {
-        _size(int(k) if isinstance(k, str) and k.isdigit() else k, "batch_size_overrides key"):
-        _positive_int(v, f"batch_size_overrides[{k}]")
-        for k, v in value.items()
-    }
+    return Candidate(name=name, channels=channels, conv=conv, sizes=sizes,
+                     recipe=tuple(overrides.items()))
 
 
 def _check_scalars(config: SweepConfig) -> None:
-    for key in ("runs", "epochs", "val_every_n_epochs", "batch_size"):
-        _positive_int(getattr(config, key), key)
+    _positive_int(config.runs, "runs")
     if config.devices != 1:
         # DDP would re-run this command in every extra process, and each would claim its own
         # run and then average gradients with the others: parallelize runs, not a run.
@@ -327,18 +340,13 @@ def _check_scalars(config: SweepConfig) -> None:
             f"devices must be 1 (one device per run), got {config.devices!r}; to use several "
             "devices, start one worker per device with --shard k/n"
         )
-    for key in ("seed_offset", "render_seed", "num_workers"):
+    for key in ("first_run", "seed_offset", "render_seed", "num_workers"):
         value = getattr(config, key)
         if not _is_int(value) or value < 0:
             raise SweepConfigError(f"{key} must be an integer >= 0, got {value!r}")
-    if config.epochs % config.val_every_n_epochs:
+    if config.source not in SOURCES:
         raise SweepConfigError(
-            f"epochs ({config.epochs}) must be a multiple of val_every_n_epochs "
-            f"({config.val_every_n_epochs}), else the last epochs are trained but never validated"
-        )
-    if config.source not in SPLIT_SIZES:
-        raise SweepConfigError(
-            f"source must be one of {', '.join(SPLIT_SIZES)}, got {config.source!r}"
+            f"source must be one of {', '.join(SOURCES)}, got {config.source!r}"
         )
     if config.accelerator not in ACCELERATORS:
         raise SweepConfigError(
@@ -353,12 +361,27 @@ def _check_scalars(config: SweepConfig) -> None:
             raise SweepConfigError(f"{key} must be a non-empty path, got {getattr(config, key)!r}")
     if config.mnist_dir is not None and not isinstance(config.mnist_dir, str):
         raise SweepConfigError(f"mnist_dir must be a path or null, got {config.mnist_dir!r}")
-    if not isinstance(config.tensorboard, bool):
-        raise SweepConfigError(f"tensorboard must be true or false, got {config.tensorboard!r}")
+    for key in ("tensorboard", "verify"):
+        if not isinstance(getattr(config, key), bool):
+            raise SweepConfigError(f"{key} must be true or false, got {getattr(config, key)!r}")
+    if config.motion not in MOTIONS:
+        raise SweepConfigError(f"motion must be one of {', '.join(MOTIONS)}, got {config.motion!r}")
+    for key in ("val_videos", "test_videos"):
+        value = getattr(config, key)
+        if value is not None and (not _is_int(value) or value < 1 or value % NUM_CLASSES):
+            raise SweepConfigError(
+                f"{key} must be null (the whole split) or a positive multiple of {NUM_CLASSES} "
+                f"(class-balanced), got {value!r}"
+            )
 
 
-def _check_split_sizes(config: SweepConfig) -> None:
-    train, val, test = SPLIT_SIZES[config.source]
+def check_split_sizes(config: SweepConfig, split_sizes: tuple[int, int, int]) -> None:
+    """Checks the sweep's sizes against the ``(train, val, test)`` clips of its digit source.
+
+    Raises:
+        SweepConfigError: a size exceeds its split.
+    """
+    train, val, test = split_sizes
     sizes = set(config.sizes)
     for candidates in config.families.values():
         sizes.update(s for c in candidates for s in (c.sizes or ()))
@@ -371,12 +394,10 @@ def _check_split_sizes(config: SweepConfig) -> None:
             )
     for key, available in (("val_videos", val), ("test_videos", test)):
         value = getattr(config, key)
-        if value is not None and (
-            not _is_int(value) or value < 1 or value % NUM_CLASSES or value > available
-        ):
+        if value is not None and value > available:
             raise SweepConfigError(
-                f"{key} must be null (the whole split) or a positive multiple of {NUM_CLASSES} "
-                f"(class-balanced) up to {available} for source {config.source!r}, got {value!r}"
+                f"{key}={value} exceeds the {available} clips of the split of source "
+                f"{config.source!r}"
             )
 
 
@@ -393,9 +414,9 @@ def plan_runs(config: SweepConfig) -> list[RunSpec]:
             train_videos=size,
             run=run,
             init_seed=config.seed_offset + run,
-            batch_size=config.batch_size_for(size),
+            recipe=config.recipe.replace(**dict(candidate.recipe)),
         )
-        for run in range(config.runs)
+        for run in range(config.first_run, config.first_run + config.runs)
         for size in config.sizes
         for family, candidates in config.families.items()
         for candidate in candidates

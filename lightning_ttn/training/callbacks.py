@@ -10,6 +10,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
 
 from lightning_ttn.layers import TTConv3d
+from lightning_ttn.training.diagnostics import similarity_values
 
 
 def frames_grid(frames: Tensor, zoom: int = 1, pad: int = 1) -> Tensor:
@@ -81,16 +82,11 @@ class TensorBoardVisuals(Callback):
             kernel = layer.kernel()[: self.num_filters, 0].float().cpu()  # (F, T, kH, kW)
             writer.add_image(f"kernels/{name}", frames_grid(kernel, zoom=8), step)
             if layer.transform == "similarity":
-                # Θ is in normalized units: one pixel is 2/kW (x) and 2/kH (y).
-                _, k_h, k_w = layer.kernel_size
-                values = {
-                    "scale": layer.scale,
-                    "rotation_deg": torch.rad2deg(layer.rotation),
-                    "tx_px": layer.translation[..., 0] * k_w / 2,
-                    "ty_px": layer.translation[..., 1] * k_h / 2,
-                }
-            else:
+                values = similarity_values(layer)
+            elif layer.transform == "affine":
                 values = {"affine": layer.affine}
+            else:
+                continue
             for key, value in values.items():
                 if value.numel() == 0:
                     continue

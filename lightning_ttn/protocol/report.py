@@ -1,0 +1,274 @@
+"""Table 2 and Figure 3 from a sweep's run records, for any number of families.
+
+``python -m lightning_ttn.report <results dir> [--out DIR] [--reference 3D]`` reads
+``<results dir>/runs/*.json`` (temporary and lock files are ignored) and writes ``table.md``,
+``table.csv`` (one row per size and family) and ``figure.png``. Works on a partial sweep: it
+reports what is finished and lists what is missing relative to the saved ``sweep.json``. Reads
+saved files only and imports no Lightning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+
+from lightning_ttn.fileio import atomic_path, write_text_atomic
+from lightning_ttn.models import FAMILIES
+from lightning_ttn.protocol.paper import paper_table
+from lightning_ttn.protocol.schema import SweepConfig, plan_runs
+from lightning_ttn.protocol.statistics import (
+    SIGNIFICANCE_LEVEL,
+    Selection,
+    holm,
+    paired_t_test,
+    select_configurations,
+)
+from lightning_ttn.protocol.store import load_records, load_saved_config
+from lightning_ttn.training.recipe import FIELDS as RECIPE_FIELDS
+from lightning_ttn.training.record import RunRecord
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after selecting the Agg backend)
+
+STATISTICS_NOTE = (
+    "Selection: per family and size, the candidate with the highest mean validation accuracy of "
+    "its tested weights over the runs all candidates share. mean acc: mean test accuracy of its "
+    "runs; std err: std (ddof=1) / sqrt(runs). p: paired two-sided t-test "
+    "(scipy.stats.ttest_rel) of the test accuracies against the reference family over the runs "
+    "both have (run r of every family is trained on the same videos); p Holm: Holm-adjusted "
+    f"over all comparisons of the table; * if p Holm < {SIGNIFICANCE_LEVEL}; n/a with fewer "
+    "than 2 paired runs."
+)
+_COLORS = {"3D": "tab:blue", "3DTTN": "tab:orange", "3DTTN-fixed": "tab:green",
+           "2+1D": "tab:purple"}
+
+
+def _describe(candidate: dict[str, Any]) -> str:
+    """A candidate in a few words: widths and recipe overrides."""
+    parts = [f"({candidate['channels'][0]}, {candidate['channels'][1]})"
+             ] if "channels" in candidate else []
+    parts += [f"{k} {candidate[k]}" for k in RECIPE_FIELDS if k in candidate]
+    return candidate["name"] + (": " + ", ".join(parts) if parts else "")
+
+
+def table_rows(
+    selections: dict[tuple[str, int], Selection], sizes: list[int], reference: str = "3D"
+) -> list[dict[str, Any]]:
+    """One row per size and family: the selection, its statistics, the test against the
+    reference family and the paper's numbers."""
+    paper = paper_table()
+    families = [f for f in FAMILIES if any(k[0] == f for k in selections)]
+    families += sorted({k[0] for k in selections} - set(families))
+    rows = []
+    for size in sizes:
+        for family in families:
+            selection = selections.get((family, size))
+            if selection is None:
+                continue
+            row: dict[str, Any] = {
+                "train_videos": size, "family": family, "selected": selection.candidate,
+                "configuration": _describe(selection.candidate_fields or
+                                           {"name": selection.candidate}),
+                "mean_val_acc": selection.mean_val_acc,
+                "mean_acc": selection.mean, "stderr": selection.stderr,
+                "runs": len(selection.test_accs), "params": selection.num_parameters,
+                "diff_vs_reference": math.nan, "paired_runs": 0, "p_value": math.nan,
+            }
+            other = selections.get((reference, size))
+            if family != reference and other is not None:
+                row["p_value"], row["paired_runs"] = paired_t_test(selection, other)
+                shared = selection.test_accs.keys() & other.test_accs.keys()
+                if shared:
+                    row["diff_vs_reference"] = float(np.mean(
+                        [selection.test_accs[r] - other.test_accs[r] for r in shared]))
+            drift = selection.drift()
+            for key in ("mean_abs_rotation_deg", "mean_abs_scale_change", "mean_translation_px",
+                        "max_abs_rotation_deg", "max_abs_scale_change", "max_translation_px"):
+                row[f"theta_{key}"] = getattr(drift, key) if drift else math.nan
+            if family in ("3D", "3DTTN") and size in paper:
+                row["paper_mean_acc"] = paper[size][f"{family}_mean_acc"]
+                row["paper_stderr"] = paper[size][f"{family}_stderr"]
+                row["paper_params"] = int(paper[size][f"{family}_params"])
+            rows.append(row)
+    adjusted = holm([row["p_value"] for row in rows])
+    for row, p in zip(rows, adjusted, strict=True):
+        row["p_holm"] = p
+        row["significant"] = bool(p < SIGNIFICANCE_LEVEL)
+    return rows
+
+
+def missing_runs(config: SweepConfig, records: list[RunRecord]) -> list[str]:
+    """Per family, size and candidate of the sweep, the run indices not finished yet."""
+    finished = {record.run_id for record in records}
+    missing: dict[tuple[str, int, str], list[int]] = defaultdict(list)
+    planned: dict[tuple[str, int, str], int] = defaultdict(int)
+    for spec in plan_runs(config):
+        key = (spec.family, spec.train_videos, spec.candidate.name)
+        planned[key] += 1
+        if spec.run_id not in finished:
+            missing[key].append(spec.run)
+    return [
+        f"{family} {size} videos {name}: {len(runs)} of {planned[(family, size, name)]} runs "
+        f"missing (runs {', '.join(map(str, runs))})"
+        for (family, size, name), runs in sorted(
+            missing.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])
+        )
+    ]
+
+
+def _fmt(value: Any, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def markdown_table(
+    rows: list[dict[str, Any]], selections: dict[tuple[str, int], Selection],
+    missing: list[str], reference: str,
+) -> str:
+    """The table in Markdown, the paper's numbers alongside, the grid, notes, missing runs."""
+    lines = [
+        f"| train videos | family | mean acc | std err | runs | params | diff vs {reference} "
+        "| p | p Holm | sig | paper (params) | selected |",
+        "|---:|:---|---:|---:|---:|---:|---:|---:|---:|:---:|---:|:---|",
+    ]
+    for row in rows:
+        paper = ""
+        if "paper_mean_acc" in row:
+            paper = (f"{row['paper_mean_acc']:.3f} ± {row['paper_stderr']:.4f} "
+                     f"({row['paper_params']:,})")
+        diff = row["diff_vs_reference"]
+        lines.append("| " + " | ".join([
+            str(row["train_videos"]), row["family"], _fmt(row["mean_acc"], 3),
+            _fmt(row["stderr"], 4), str(row["runs"]), f"{row['params']:,}",
+            "" if math.isnan(diff) else f"{diff:+.3f}", _fmt(row["p_value"], 4),
+            _fmt(row["p_holm"], 4), "*" if row["significant"] else "", paper,
+            row["configuration"],
+        ]) + " |")
+    lines += ["", STATISTICS_NOTE, "",
+              "paper: Ras et al. (2019), Table 2: mean ± standard error (parameters)."]
+    drift_rows = [r for r in rows if not math.isnan(r["theta_mean_abs_rotation_deg"])]
+    if drift_rows:
+        lines += ["", "Θ drift of the selected TT models after training (mean over runs, "
+                  "layers, channels and transitions; max over all): |rotation| in degrees, "
+                  "|scale - 1|, translation length in kernel pixels, per transition.", "",
+                  "| train videos | family | mean abs rot | max abs rot | mean abs(scale-1) "
+                  "| max abs(scale-1) | mean shift px | max shift px |",
+                  "|---:|:---|---:|---:|---:|---:|---:|---:|"]
+        for r in drift_rows:
+            lines.append("| " + " | ".join([
+                str(r["train_videos"]), r["family"],
+                _fmt(r["theta_mean_abs_rotation_deg"], 2), _fmt(r["theta_max_abs_rotation_deg"], 2),
+                _fmt(r["theta_mean_abs_scale_change"], 3), _fmt(r["theta_max_abs_scale_change"], 3),
+                _fmt(r["theta_mean_translation_px"], 3), _fmt(r["theta_max_translation_px"], 3),
+            ]) + " |")
+    grids = [(k, s) for k, s in sorted(selections.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+             if len(s.alternatives) > 1]
+    if grids:
+        lines += ["", "Candidates (mean validation accuracy of the tested weights; selected in "
+                  "bold):", ""]
+        for (family, size), selection in grids:
+            cells = [f"**{name} {acc:.3f}**" if name == selection.candidate else
+                     f"{name} {acc:.3f}" for name, acc in sorted(selection.alternatives.items())]
+            lines.append(f"- {size} videos, {family}: " + ", ".join(cells))
+    if missing:
+        lines += ["", "Missing runs (relative to sweep.json):", ""]
+        lines += [f"- {line}" for line in missing]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """Writes the rows, one column per key (empty cell for a missing value)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+
+
+def plot_figure(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Figure 3: mean test accuracy ± standard error against training videos (log x, ticks at
+    the sizes), the paper's curves dashed, ``*`` where a family differs significantly from the
+    reference (Holm)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    sizes = sorted({r["train_videos"] for r in rows})
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    paper = sorted((s, p) for s, p in paper_table().items() if s <= max(sizes, default=0))
+    for family in families:
+        ours = [r for r in rows if r["family"] == family]
+        color = _COLORS.get(family)
+        ax.errorbar(
+            [r["train_videos"] for r in ours], [r["mean_acc"] for r in ours],
+            yerr=[np.nan_to_num(r["stderr"]) for r in ours], marker="o", capsize=3,
+            color=color, label=f"{family} (ours)",
+        )
+        for r in ours:
+            if r["significant"]:
+                ax.annotate("*", (r["train_videos"], r["mean_acc"] + np.nan_to_num(r["stderr"])),
+                            ha="center", va="bottom", fontsize=13, color=color)
+        if family in ("3D", "3DTTN") and paper:
+            ax.plot([s for s, _ in paper], [p[f"{family}_mean_acc"] for _, p in paper],
+                    linestyle="--", color=color, alpha=0.6, label=f"{family} (paper)")
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("training videos")
+    ax.set_ylabel("mean test accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, title="error bars: standard error of the mean", title_fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=150, format="png")
+    plt.close(fig)
+
+
+def write_report(
+    results_dir: str | Path, out_dir: str | Path | None = None, reference: str = "3D"
+) -> str:
+    """Writes ``table.md``, ``table.csv`` and ``figure.png`` and returns the Markdown table.
+
+    Args:
+        results_dir: A sweep's output directory.
+        out_dir: Where to write; default ``results_dir``.
+        reference: The family the others are tested against.
+    """
+    out = Path(out_dir or results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = load_records(results_dir)
+    config = load_saved_config(results_dir)
+    sizes = {r.train_videos for r in records} | set(config.sizes if config else ())
+    selections = select_configurations(records)
+    rows = table_rows(selections, sorted(sizes), reference)
+    missing = missing_runs(config, records) if config else []
+    markdown = markdown_table(rows, selections, missing, reference)
+    write_text_atomic(out / "table.md", markdown)
+    write_csv(rows, out / "table.csv")
+    plot_figure(rows, out / "figure.png",
+                f"{Path(results_dir).name}: * paired t-test vs {reference}, Holm p < "
+                f"{SIGNIFICANCE_LEVEL}")
+    return markdown
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point (see the module docstring)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lightning_ttn.report",
+        description="Table 2 and Figure 3 from a sweep's result files.",
+    )
+    parser.add_argument("results_dir", help="the sweep's output_dir")
+    parser.add_argument("--out", help="output directory (default: results_dir)")
+    parser.add_argument("--reference", default="3D", help="family the others are tested against")
+    args = parser.parse_args(argv)
+    if not Path(args.results_dir, "runs").is_dir():
+        parser.exit(2, f"error: {args.results_dir} has no runs/ directory of sweep results\n")
+    print(write_report(args.results_dir, args.out, args.reference), end="")
+    print(f"wrote table.md, table.csv and figure.png into {args.out or args.results_dir}")

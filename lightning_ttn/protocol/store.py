@@ -1,0 +1,141 @@
+"""The run store of a sweep: one JSON record per finished run, claimed under file locks.
+
+``<output_dir>/runs/<run_id>.json`` is a finished run's :class:`RunRecord`, written atomically;
+``<run_id>.yaml`` beside it is the config that replays it; ``<run_id>.lock`` is the claim of the
+worker training it (a non-blocking file lock, released by the OS if the worker dies).
+``<output_dir>/sweep.yaml``/``sweep.json`` hold the sweep's resolved config. Lightning-free: the
+report reads records through :func:`load_records`.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from lightning_ttn.fileio import write_text_atomic
+from lightning_ttn.protocol.schema import (
+    RESUMABLE_KEYS,
+    RunSpec,
+    SweepConfig,
+    SweepConfigError,
+    config_differences,
+    dump_config,
+    parse_config,
+)
+from lightning_ttn.training.record import RunRecord
+
+
+def runs_dir(output_dir: str | Path) -> Path:
+    """Directory of the run records, replay configs, locks and temporary files."""
+    return Path(output_dir) / "runs"
+
+
+def record_path(output_dir: str | Path, spec: RunSpec) -> Path:
+    """The JSON file of a finished run."""
+    return runs_dir(output_dir) / f"{spec.run_id}.json"
+
+
+def replay_config_path(output_dir: str | Path, spec: RunSpec) -> Path:
+    """The ``train.py fit`` config that replays a run."""
+    return runs_dir(output_dir) / f"{spec.run_id}.yaml"
+
+
+def is_finished(output_dir: str | Path, spec: RunSpec) -> bool:
+    return record_path(output_dir, spec).exists()
+
+
+@contextmanager
+def claim(output_dir: str | Path, spec: RunSpec) -> Iterator[bool]:
+    """Holds the run's lock while the block runs; yields False (and holds nothing) if another
+    worker holds it or the run is finished."""
+    path = record_path(output_dir, spec)
+    if path.exists():
+        yield False
+        return
+    lock = FileLock(str(path.with_suffix(".lock")), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        yield False
+        return
+    try:
+        # Finished by another worker between the check and the claim?
+        if path.exists():
+            yield False
+            return
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed worker
+            stale.unlink(missing_ok=True)
+        yield True
+    finally:
+        lock.release()
+
+
+def write_record(output_dir: str | Path, spec: RunSpec, record: RunRecord) -> Path:
+    """Writes a finished run's record atomically."""
+    path = record_path(output_dir, spec)
+    write_text_atomic(path, record.to_json())
+    return path
+
+
+def load_records(results_dir: str | Path) -> list[RunRecord]:
+    """The finished runs' records in ``<results_dir>/runs/*.json``.
+
+    Hidden files (temporary files) are ignored; an unreadable or invalid file is skipped with a
+    warning.
+    """
+    records = []
+    for path in sorted(runs_dir(results_dir).glob("*.json")):
+        if path.name.startswith("."):
+            continue
+        try:
+            records.append(RunRecord.read(path))
+        except (OSError, ValueError) as e:  # JSONDecodeError is a ValueError
+            warnings.warn(f"skipping unreadable result {path}: {e}", stacklevel=2)
+    return records
+
+
+def load_saved_config(results_dir: str | Path) -> SweepConfig | None:
+    """The sweep config saved in the results directory, or None if there is none."""
+    path = Path(results_dir, "sweep.json")
+    return parse_config(json.loads(path.read_text())) if path.exists() else None
+
+
+def prepare_output_dir(config: SweepConfig, check: Callable[[SweepConfig], None]) -> None:
+    """Creates the output directory and saves the config as sweep.yaml/sweep.json.
+
+    Args:
+        config: The resolved sweep config.
+        check: Called first (e.g. the split sizes check), so that a sweep that fails its
+            checks leaves no files behind.
+
+    Raises:
+        SweepConfigError: the directory holds a sweep whose run-defining settings differ.
+    """
+    check(config)
+    output = Path(config.output_dir)
+    saved_path = output / "sweep.json"
+    if saved_path.exists():
+        _check_resumable(config, saved_path)
+    runs_dir(output).mkdir(parents=True, exist_ok=True)
+    # Workers starting together must not both pass the check and write different configs.
+    with FileLock(str(output / "sweep.lock")):
+        if saved_path.exists():
+            _check_resumable(config, saved_path)
+        yaml_text, json_text = dump_config(config)
+        write_text_atomic(output / "sweep.yaml", yaml_text)
+        write_text_atomic(saved_path, json_text)
+
+
+def _check_resumable(config: SweepConfig, saved_path: Path) -> None:
+    differences = config_differences(parse_config(json.loads(saved_path.read_text())), config)
+    if differences:
+        raise SweepConfigError(
+            f"{saved_path.parent} holds results of a sweep with different "
+            f"{', '.join(differences)} (see {saved_path}); only {', '.join(RESUMABLE_KEYS)} "
+            "may change on resume. Use the same settings or another output_dir."
+        )

@@ -1,0 +1,233 @@
+"""``VideoClassifier``: any clip classifier trained by a :class:`Recipe` as a LightningModule."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pytorch_lightning import LightningModule
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch import Tensor, nn
+from torchmetrics import MaxMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_ttn.layers import TTConv3d
+from lightning_ttn.training.recipe import Recipe
+from lightning_ttn.training.schedules import HalveEveryTenEpochs
+
+MONITOR = "val/acc"
+DEFAULT_RECIPE = Recipe()
+# TTConv3d parameters that form Θ; they get the learning rate lr * transform_lr_scale.
+TRANSFORM_PARAMETERS = ("scale", "rotation", "translation", "affine")
+
+
+def transform_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The transform parameters (Θ) of every ``TTConv3d`` in ``model``."""
+    return [
+        parameter
+        for layer in model.modules() if isinstance(layer, TTConv3d)
+        for name, parameter in layer.named_parameters(recurse=False)
+        if name in TRANSFORM_PARAMETERS
+    ]
+
+
+@torch.no_grad()
+def normal_conv_init(model: nn.Module) -> None:
+    """The authors' ``k0_init='normal'``: N(0, 1) for every ``TTConv3d``'s K0 and for the
+    weights and biases of every plain ``nn.Conv3d`` (their ``LeNet5_3d``, ``omg_emotion``)."""
+    for layer in model.modules():
+        if isinstance(layer, TTConv3d):
+            nn.init.normal_(layer.base)
+        elif isinstance(layer, nn.Conv3d):
+            nn.init.normal_(layer.weight)
+            if layer.bias is not None:
+                nn.init.normal_(layer.bias)
+
+
+class VideoClassifier(LightningModule):
+    """Trains a clip classifier with cross-entropy as its :class:`Recipe` says, and keeps the
+    weights the recipe tests (best validation or last) in memory.
+
+    Args:
+        model: The network, ``(B, 1, T, H, W) -> (B, num_classes)`` logits, e.g.
+            ``lightning_ttn.models.LeNet5``.
+        recipe: Every training choice (optimizer, learning rate, clipping, schedule, epochs,
+            batch size, tested weights, input scaling, K0 init); ``--model.recipe.lr`` etc.
+        num_classes: Number of classes, for the accuracy metrics.
+    """
+
+    def __init__(
+        self, model: nn.Module, recipe: Recipe = DEFAULT_RECIPE, num_classes: int = 10
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        self.recipe = recipe
+        if recipe.k0_init == "normal":
+            normal_conv_init(model)
+        # Kept out of hparams: LightningCLI re-parses a checkpoint's hparams as init arguments.
+        self.model_name = getattr(model, "name", type(model).__name__)
+        self.num_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.best_val_acc = MaxMetric()
+        # What the run record reports; filled during fit.
+        self.val_acc_history: list[list[float]] = []
+        self.train_loss_history: list[list[float]] = []
+        self.lr_history: list[list[float]] = []
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, Tensor] | None = None
+        self._best_value = -math.inf
+        self._loss_sum = 0.0
+        self._loss_count = 0
+
+    def forward(self, clips: Tensor) -> Tensor:
+        if self.recipe.input_scaling == "raw":
+            clips = clips * 255.0  # the data module serves [0, 1]
+        return self.model(clips)
+
+    def _step(
+        self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy
+    ) -> Tensor:
+        clips, labels = batch  # (B, 1, T, H, W), (B,)
+        logits = self(clips)
+        loss = F.cross_entropy(logits, labels)
+        accuracy(logits, labels)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, sync_dist=True,
+                 prog_bar=stage != "test", batch_size=labels.shape[0])
+        # Logging the metric object lets torchmetrics sync its counts across DDP ranks.
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss = self._step(batch, "train", self.train_acc)
+        # A tensor sum: no device synchronization per step.
+        self._loss_sum = self._loss_sum + loss.detach() * batch[1].shape[0]
+        self._loss_count += batch[1].shape[0]
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val", self.val_acc)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test", self.test_acc)
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        clips, _ = batch
+        return self(clips).argmax(dim=1)
+
+    def on_fit_start(self) -> None:
+        # Registers the hparams with the metrics TensorBoard's HPARAMS tab compares runs by.
+        if isinstance(self.logger, TensorBoardLogger):
+            params = {
+                **{f"recipe/{k}": v for k, v in self.recipe.to_dict().items()},
+                "model_name": self.model_name,
+                "num_parameters": self.num_parameters,
+            }
+            self.logger.log_hyperparams(params, {"hp/best_val_acc": 0.0, "hp/test_acc": 0.0})
+
+    def on_train_epoch_start(self) -> None:
+        self._loss_sum, self._loss_count = 0.0, 0
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.lr_history.append([self.current_epoch + 1, lr])
+        self.log("lr", lr, on_step=False, on_epoch=True)
+
+    def on_train_epoch_end(self) -> None:
+        if self._loss_count:
+            mean = float(self._loss_sum) / self._loss_count
+            self.train_loss_history.append([self.current_epoch + 1, mean])
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        accuracy = self.val_acc.compute()
+        self.best_val_acc(accuracy)
+        # Already synced by torchmetrics: equal on all ranks, so the sync_dist mean is exact.
+        self.log("hp/best_val_acc", self.best_val_acc.compute(), sync_dist=True)
+        if self.trainer.state.fn != "fit":
+            return
+        epoch, value = self.current_epoch + 1, float(accuracy)
+        self.val_acc_history.append([epoch, value])
+        if value > self._best_value:  # the first of equal accuracies wins
+            self._best_value, self.best_epoch = value, epoch
+            if self.recipe.tested_weights == "best_val":
+                self.best_state = {
+                    k: v.detach().cpu().clone() for k, v in self.state_dict().items()
+                }
+
+    def on_test_epoch_end(self) -> None:
+        self.log("hp/test_acc", self.test_acc.compute(), sync_dist=True)
+
+    def load_tested_weights(self) -> int | None:
+        """Loads the weights the recipe tests; returns their epoch (``None``: never validated,
+        the current weights are kept)."""
+        if self.recipe.tested_weights == "last" or self.best_state is None:
+            return self.val_acc_history[-1][0] if self.val_acc_history else None
+        self.load_state_dict(self.best_state)
+        return self.best_epoch
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A resumed fit must still know its best weights and histories.
+        checkpoint["run_state"] = {
+            "val_acc_history": self.val_acc_history,
+            "train_loss_history": self.train_loss_history,
+            "lr_history": self.lr_history,
+            "best_epoch": self.best_epoch,
+            "best_value": self._best_value,
+            "best_state": self.best_state,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("run_state")
+        if state is not None:
+            self.val_acc_history = state["val_acc_history"]
+            self.train_loss_history = state["train_loss_history"]
+            self.lr_history = state["lr_history"]
+            self.best_epoch, self._best_value = state["best_epoch"], state["best_value"]
+            self.best_state = state["best_state"]
+
+    @property
+    def best_validation_accuracy(self) -> float:
+        """The best ``val/acc`` of the fit (``-inf`` before any validation)."""
+        return self._best_value
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        recipe = self.recipe
+        transforms = transform_parameters(self.model)
+        if transforms and recipe.transform_lr_scale != 1.0:
+            ids = {id(p) for p in transforms}
+            groups = [
+                {"params": [p for p in self.parameters() if id(p) not in ids]},
+                {"params": transforms, "lr": recipe.lr * recipe.transform_lr_scale},
+            ]
+        else:
+            groups = [{"params": list(self.parameters())}]
+        optimizer = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum)
+        if recipe.lr_schedule == "constant":
+            return {"optimizer": optimizer}
+        if recipe.lr_schedule == "plateau":
+            scheduler: Any = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="max", factor=recipe.plateau_factor,
+                patience=recipe.plateau_patience,
+            )
+        else:
+            scheduler = HalveEveryTenEpochs(optimizer, recipe.val_every_n_epochs)
+        # Stepped with the validations: in between, val/acc is a stale value the rules would
+        # count as "no improvement". Not strict: a fit without validation keeps its rate.
+        schedule = {"scheduler": scheduler, "monitor": MONITOR,
+                    "frequency": recipe.val_every_n_epochs, "strict": False}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        if gradient_clip_val is None and self.recipe.max_grad_norm is not None:
+            gradient_clip_val, gradient_clip_algorithm = self.recipe.max_grad_norm, "norm"
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
