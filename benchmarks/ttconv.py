@@ -11,14 +11,22 @@ With ``--compile`` a second table compares eager and ``torch.compile`` (inductor
 forward+backward of both modules, and of ``TTConv3d`` with ``kernel()`` excluded from
 compilation by ``torch.compiler.disable`` (only the convolution compiled), on the same layers
 with batch ``--compile-batch`` (compiling takes seconds to tens of seconds per module on a small
-CPU). The compile column is the first call (tracing, compilation, one step). Eager and compiled
-are then timed interleaved in the same process: eager times taken before the first compile are
-not comparable, since importing ``torch._dynamo``/inductor shifts glibc malloc's dynamic
-mmap/trim thresholds, which alone changed an identical eager ``nn.Conv3d`` step (batch 4) from
-8 to 20 ms of CPU time (420 vs 7,500 page faults per step) in some processes.
-``torch.compiler.reset()`` before each module, so every one is compiled fresh with static
-shapes (a second ``TTConv3d`` instance would otherwise recompile with dynamic shapes).
-``--compile-only`` skips the first table.
+CPU). ``torch.compiler.reset()`` before each module, so that each is compiled fresh with static
+shapes (a second ``TTConv3d`` instance would otherwise recompile with dynamic shapes). The
+compile column is the first call (tracing, compilation, one step); eager and compiled are then
+timed interleaved in the same process. ``--compile-only`` skips the first table.
+
+CPU timings depend on glibc malloc: buffers above its dynamic mmap threshold (128 KiB, growing
+up to 32 MiB) are mmapped fresh on every step and the kernel zeroes each of their pages (page
+faults). The threshold moves with the allocation history of the process (importing
+``torch._dynamo`` alone can move it), so the same eager step (conv1, batch 4) costs 8 ms in one
+process and 20 ms in another, and a compiled and an eager step can land on different sides of
+it; the last column of the compile table shows the page faults per step. At batch 20 conv1's
+buffers exceed 32 MiB and always fault (37,700 faults per step: 103 ms instead of 44 ms for
+TTConv3d on one thread). For stable and faster CPU numbers, disable mmapped allocations and
+heap trimming:
+
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=4294967296 python benchmarks/ttconv.py ...
 
     python benchmarks/ttconv.py --repeats 30 --device cpu --dtype float32
     python benchmarks/ttconv.py --compile-only --compile-batch 4 --repeats 10 --threads 1
@@ -27,6 +35,7 @@ shapes (a second ``TTConv3d`` instance would otherwise recompile with dynamic sh
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -96,6 +105,14 @@ def time_interleaved(
     return times
 
 
+def page_faults_per_call(fn: Callable[[], None], calls: int = 3) -> float:
+    """Minor page faults of the process per call of ``fn`` (fresh memory the kernel zeroes)."""
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / calls
+
+
 def non_identity(layer: TTConv3d) -> TTConv3d:
     """A trained-looking, non-identity transform (the cost does not depend on the values)."""
     with torch.no_grad():
@@ -138,9 +155,9 @@ def compile_table(args: argparse.Namespace, factory: dict) -> None:
     print(
         f"\ntorch.compile (inductor) vs eager, forward+backward, batch {args.compile_batch}\n\n"
         "| layer | module | eager (ms) | compiled (ms) | ratio compiled/eager | paired ratio "
-        "| compile + first step (s) |"
+        "| compile + first step (s) | page faults / step, eager / compiled |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     device = factory["device"]
     for label, c_in, c_out, k, pad, shape, input_grad in LAYERS:
         shape = (args.compile_batch, *shape[1:])
@@ -161,17 +178,19 @@ def compile_table(args: argparse.Namespace, factory: dict) -> None:
             train_step(compiled, x, grad_out)()
             sync(device)
             compile_s = time.perf_counter() - start
+            steps = [train_step(layer, x, grad_out), train_step(compiled, x, grad_out)]
             times_eager, times_compiled = time_interleaved(
-                [train_step(layer, x, grad_out), train_step(compiled, x, grad_out)],
-                args.repeats, args.warmup, device,
+                steps, args.repeats, args.warmup, device
             )
+            faults = [page_faults_per_call(step) for step in steps]
             t_eager, t_compiled = statistics.median(times_eager), statistics.median(times_compiled)
             paired = statistics.median(
                 c / e for c, e in zip(times_compiled, times_eager, strict=True)
             )
             print(
                 f"| {label} | {name} | {1e3 * t_eager:.2f} | {1e3 * t_compiled:.2f} "
-                f"| {t_compiled / t_eager:.3f} | {paired:.3f} | {compile_s:.1f} |"
+                f"| {t_compiled / t_eager:.3f} | {paired:.3f} | {compile_s:.1f} "
+                f"| {faults[0]:.0f} / {faults[1]:.0f} |"
             )
 
 

@@ -1,4 +1,4 @@
-"""Tests of ``convert_conv3d``: every ``nn.Conv3d`` of a network becomes an equivalent ``TTConv3d``."""
+"""Tests of ``convert_conv3d``: every ``nn.Conv3d`` of a network becomes a ``TTConv3d``."""
 
 from __future__ import annotations
 

@@ -414,7 +414,8 @@ def test_from_conv3d_keeps_the_response_to_temporally_constant_input():
     frame = torch.randn(2, 3, 1, 6, 7, dtype=F64)
     x = frame.expand(-1, -1, 6, -1, -1)  # (2, 3, 6, 6, 7), the same frame 6 times
     torch.testing.assert_close(layer(x), conv(x), atol=1e-12, rtol=0)
-    assert (layer(torch.randn(2, 3, 6, 6, 7, dtype=F64)) - conv(x)).abs().max() > 0.1
+    y = torch.randn(2, 3, 6, 6, 7, dtype=F64)  # varies in time: an approximation only
+    assert (layer(y) - conv(y)).abs().max() > 0.01
 
 
 def test_from_conv3d_rejects_other_modules_and_lazy_convs():

@@ -250,6 +250,17 @@ def test_resume_rejects_changed_settings_but_allows_more_runs(tmp_path: Path) ->
     assert counts["trained"] == 4 and counts["finished_before"] == 8
 
 
+def test_a_grid_may_grow_on_resume_but_not_change(tmp_path: Path) -> None:
+    run_sweep(tiny_config(tmp_path), train_fn=fake_train, show_progress=False)
+    raw = tiny_raw(tmp_path / "out")
+    raw["families"]["3D"].append({"name": "lr0.1", "channels": [4, 14], "lr": 0.1})
+    counts = run_sweep(parse_config(raw), train_fn=fake_train, show_progress=False)
+    assert counts["trained"] == 4 and counts["finished_before"] == 8
+    raw["families"]["3D"][0]["lr"] = 0.02
+    with pytest.raises(SweepConfigError, match="with different families"):
+        run_sweep(parse_config(raw), train_fn=fake_train, show_progress=False)
+
+
 def test_a_run_held_by_another_worker_is_skipped(tmp_path: Path) -> None:
     config = tiny_config(tmp_path)
     first = plan_runs(config)[0]

@@ -432,9 +432,18 @@ def shard_runs(runs: list[RunSpec], index: int, count: int) -> list[RunSpec]:
 
 
 def config_differences(saved: SweepConfig, current: SweepConfig) -> list[str]:
-    """Keys, other than ``RESUMABLE_KEYS``, whose values differ between two configs."""
+    """Keys, other than ``RESUMABLE_KEYS``, whose values differ between two configs.
+
+    ``families`` may grow (a grid extended with new candidates or families adds runs and
+    changes no finished one); removing or changing a candidate is a difference.
+    """
     old, new = saved.to_dict(), current.to_dict()
-    return sorted(k for k in old if k not in RESUMABLE_KEYS and old[k] != new[k])
+    differences = [k for k in old if k not in RESUMABLE_KEYS + ("families",) and old[k] != new[k]]
+    for family, candidates in old["families"].items():
+        if any(c not in new["families"].get(family, []) for c in candidates):
+            differences.append("families")
+            break
+    return sorted(differences)
 
 
 def dump_config(config: SweepConfig) -> tuple[str, str]:

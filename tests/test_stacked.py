@@ -1,0 +1,219 @@
+"""Stacked multi-run training: a stack of R runs is the R runs trained one by one.
+
+The reference for "one by one" is the sweep's own single-run path (``train_one``): the run's
+``train.py fit`` config (``run_config``) parsed by the same ``VideoCLI`` and trained by
+``fit_and_test`` under a Lightning ``Trainer``, with ``precision="64-true"`` so that both sides
+compute in float64 and differ only by the summation order of the grouped kernels.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from lightning_ttn.data import VideoMNISTDataModule
+from lightning_ttn.layers import TTConv3d
+from lightning_ttn.models import LeNet5
+from lightning_ttn.protocol.runner import run_config
+from lightning_ttn.protocol.schema import parse_config, plan_runs
+from lightning_ttn.training.cli import VideoCLI
+from lightning_ttn.training.module import VideoClassifier
+from lightning_ttn.training.run import fit_and_test
+from lightning_ttn.training.stacked import (
+    StackedLeNet5,
+    auto_stack,
+    member_batches,
+    prepare_stack,
+    stack_data,
+    stack_groups,
+    train_stacked,
+    train_stacked_specs,
+)
+
+CHANNELS = [2, 3]  # tiny widths: the test is about equivalence, not accuracy
+LAYER_TYPES = [
+    ("conv3d", "similarity"),
+    ("ttconv3d", "similarity"),
+    ("ttconv3d", "affine"),
+    ("ttconv3d", "none"),
+    ("conv2plus1d", "similarity"),
+]
+
+
+# ----------------------------------------------------------------------------- the model
+def _members(conv: str, transform: str, count: int = 3) -> list[LeNet5]:
+    """Float64 members with different weights and transforms away from the identity (so that
+    the kernels are really resampled)."""
+    members = []
+    for seed in range(count):
+        torch.manual_seed(seed)
+        model = LeNet5(tuple(CHANNELS), conv, transform).double()
+        with torch.no_grad():
+            for layer in model.modules():
+                if isinstance(layer, TTConv3d) and layer.transform == "similarity":
+                    layer.scale.add_(0.1 * torch.randn_like(layer.scale))
+                    layer.rotation.add_(0.3 * torch.randn_like(layer.rotation))
+                    layer.translation.add_(0.2 * torch.randn_like(layer.translation))
+                elif isinstance(layer, TTConv3d) and layer.transform == "affine":
+                    layer.affine.add_(0.1 * torch.randn_like(layer.affine))
+        members.append(model)
+    return members
+
+
+@pytest.mark.parametrize(("conv", "transform"), LAYER_TYPES)
+def test_stacked_forward_and_gradients_are_each_members_own(conv, transform):
+    members = _members(conv, transform)
+    stack = StackedLeNet5(members)
+    generator = torch.Generator().manual_seed(0)
+    clips = torch.rand(2, 3, 1, 30, 28, 28, dtype=torch.float64, generator=generator)
+    labels = torch.tensor([[1, 2], [3, 4], [5, 6]])  # (R, B)
+    logits = stack(clips)  # (R, B, C)
+    assert logits.shape == (3, 2, 10)
+    losses = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(dim=1)
+    losses.sum().backward()
+    stacked_grads = [[p.grad.clone() for p in m.parameters()] for m in members]
+    shared = stack(clips[:, 0])  # (B, 1, T, H, W): the same clips for every member
+    for r, member in enumerate(members):
+        member.zero_grad()
+        own = member(clips[:, r])
+        torch.testing.assert_close(logits[r], own, rtol=0, atol=1e-12)
+        torch.testing.assert_close(shared[r], member(clips[:, 0]), rtol=0, atol=1e-12)
+        F.cross_entropy(own, labels[r]).backward()
+        for stacked, p in zip(stacked_grads[r], member.parameters(), strict=True):
+            torch.testing.assert_close(stacked, p.grad, rtol=1e-10, atol=1e-12)
+    # (B, R, T, H, W) is the same input as (B, R, 1, T, H, W).
+    torch.testing.assert_close(stack(clips[:, :, 0]), logits, rtol=0, atol=0)
+
+
+def test_members_of_different_architectures_are_rejected():
+    with pytest.raises(ValueError, match="must share one architecture"):
+        StackedLeNet5([LeNet5((2, 3), "conv3d"), LeNet5((2, 4), "conv3d")])
+    with pytest.raises(ValueError, match="must share one architecture"):
+        StackedLeNet5([LeNet5((2, 3), "ttconv3d"), LeNet5((2, 3), "ttconv3d", "none")])
+    with pytest.raises(ValueError, match="at least one member"):
+        StackedLeNet5([])
+
+
+# ----------------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """One rendered cache of the embedded digits (about 2 s)."""
+    path = tmp_path_factory.mktemp("stacked_data")
+    VideoMNISTDataModule(data_dir=str(path), source="embedded").prepare_data()
+    return str(path)
+
+
+def _config(data_dir: str, output_dir: str, **recipe):
+    """3 runs of 20 videos in batches of 8 (a partial last batch), 3 epochs; the LR schedule
+    (patience 0), clipping and the transforms' LR group all act within them."""
+    return parse_config({
+        "output_dir": output_dir, "source": "embedded", "data_dir": data_dir,
+        "sizes": [20], "runs": 3, "seed_offset": 7, "val_videos": 20, "test_videos": 20,
+        "accelerator": "cpu", "deterministic": True,
+        "epochs": 3, "batch_size": 8, "plateau_patience": 0, "max_grad_norm": 0.5, **recipe,
+        "families": {
+            "3D": [{"name": "w2-3", "channels": CHANNELS}],
+            "3DTTN": [{"name": "w2-3", "channels": CHANNELS, "transform_lr_scale": 10.0}],
+        },
+    })
+
+
+def _single_run(spec, config, tmp_path):
+    """``train_one``'s path in float64: the run's config through ``VideoCLI``, then
+    ``fit_and_test``. Returns the record and the module (holding its tested weights)."""
+    path = tmp_path / f"{spec.run_id}.yaml"
+    path.write_text(yaml.safe_dump(run_config(spec, config), sort_keys=False))
+    cli = VideoCLI(
+        VideoClassifier, VideoMNISTDataModule,
+        args=["--config", str(path), "--trainer.logger", "false",
+              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+              "--checkpoint.save_top_k", "0", "--checkpoint.save_last", "false",
+              "--trainer.precision", "64-true"],
+        run=False, save_config_callback=None, auto_configure_optimizers=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        record = fit_and_test(cli.trainer, cli.model, cli.datamodule, init_seed=spec.init_seed,
+                              verbose=False)
+    return record, cli.model
+
+
+@pytest.mark.parametrize(("family", "tested_weights"), [("3D", "best_val"), ("3DTTN", "last")])
+def test_a_stack_of_three_runs_equals_the_three_runs_one_by_one(
+    data_dir, tmp_path, monkeypatch, family, tested_weights
+):
+    monkeypatch.chdir(tmp_path)  # anything Lightning writes stays in the test's directory
+    config = _config(data_dir, str(tmp_path / "sweep"), tested_weights=tested_weights)
+    specs = [s for s in plan_runs(config) if s.family == family]
+    assert [s.run for s in specs] == [0, 1, 2]
+    modules, data, source = prepare_stack(specs, config)
+    stacked = train_stacked(modules, data, [s.run for s in specs],
+                            init_seeds=[s.init_seed for s in specs], dtype=torch.float64,
+                            data_source=source)
+    lrs = set()
+    for spec, record, module in zip(specs, stacked, modules, strict=True):
+        single, reference = _single_run(spec, config, tmp_path)
+        for name in ("val_acc_history", "lr_history", "best_epoch", "best_val_acc",
+                     "tested_epoch", "test_acc", "num_parameters", "model_name", "data_source",
+                     "train_videos", "subset_seed", "init_seed", "batch_size", "recipe"):
+            assert getattr(record, name) == getattr(single, name), name
+        np.testing.assert_allclose(record.train_loss_history, single.train_loss_history,
+                                   rtol=1e-9)
+        assert record.test_loss == pytest.approx(single.test_loss, rel=1e-9)
+        assert len(record.transforms) == len(single.transforms)
+        for ours, theirs in zip(module.model.state_dict().items(),
+                                reference.model.state_dict().items(), strict=True):
+            assert ours[0] == theirs[0]
+            torch.testing.assert_close(ours[1], theirs[1], rtol=0, atol=1e-10)
+        lrs.update(lr for _, lr in record.lr_history)
+    assert len(lrs) > 1, "the schedule never acted: the test would not cover its stepping"
+
+
+def test_member_batches_are_the_data_modules_shuffle_order(data_dir):
+    dm = VideoMNISTDataModule(data_dir=data_dir, source="embedded", train_videos=20,
+                              val_videos=20, test_videos=20, subset_seed=5, batch_size=8)
+    dm.setup()
+    data = stack_data([dm])
+    loader, indices = dm.train_dataloader(), member_batches(20, 8, subset_seed=5)
+    for _ in range(3):  # epochs: one iteration of the same loader each
+        served = [x for x, _ in loader]
+        ours = [data.train_clips[data.member_rows[0][i]] for i in indices]
+        assert [len(x) for x in served] == [8, 8, 4]
+        for x, clips in zip(served, ours, strict=True):
+            assert torch.equal((x[:, 0] * 255).round().to(torch.uint8), clips)
+
+
+def test_train_stacked_specs_returns_one_record_per_run_in_order(data_dir, tmp_path):
+    config = _config(data_dir, str(tmp_path), epochs=1)
+    specs = [s for s in plan_runs(config) if s.family == "3DTTN"][:2]
+    timings = {}
+    records = train_stacked_specs(specs, config, "cpu", timings=timings)
+    assert [r.subset_seed for r in records] == [0, 1]
+    assert [r.init_seed for r in records] == [7, 8]
+    assert all(r.device == "cpu" and r.data_source == "embedded" for r in records)
+    assert all(len(r.transforms) == 2 and r.tested_epoch == 1 for r in records)
+    assert set(timings) == {"setup", "train", "val", "test"}
+
+
+def test_a_stack_of_different_candidates_or_sizes_is_rejected(data_dir, tmp_path):
+    config = _config(data_dir, str(tmp_path))
+    specs = plan_runs(config)
+    mixed = [s for s in specs if s.run == 0]  # 3D and 3DTTN
+    with pytest.raises(ValueError, match=r"one candidate and size .* differs .* in family"):
+        train_stacked_specs(mixed, config, "cpu")
+    with pytest.raises(ValueError, match="must not train a run twice"):
+        train_stacked_specs([specs[0], specs[0]], config, "cpu")
+
+
+def test_stack_groups_and_auto_stack(data_dir, tmp_path):
+    specs = plan_runs(_config(data_dir, str(tmp_path)))  # run-major: 3D r0, 3DTTN r0, 3D r1...
+    groups = stack_groups(specs, 2)
+    assert [[(s.family, s.run) for s in g] for g in groups] == [
+        [("3D", 0), ("3D", 1)], [("3D", 2)], [("3DTTN", 0), ("3DTTN", 1)], [("3DTTN", 2)],
+    ]
+    assert auto_stack("cpu", runs_in_group=30) == 1
