@@ -51,8 +51,10 @@ def build_tt_kernel(base: Tensor, theta: Tensor) -> Tensor:
     """Builds the 3D kernel from its first slice and the per-transition transforms (Eq. 3-4).
 
     Slice 0 is ``base``; slice ``t+1`` is slice ``t`` resampled through ``theta[:, t]``
-    (bilinear, zeros outside, ``align_corners=False``), sequentially as in the paper. All
-    input-channel slices of one output channel share that channel's transform.
+    sequentially as in the paper's Eq. 3, bilinear with zeros outside (Eq. 4). ``align_corners``
+    is False: our choice; the authors' code effectively uses True. All input-channel slices of
+    one output channel share that channel's transform. Θ's rotation is a true rotation only
+    for square kernels: on a ``kH != kW`` kernel the normalized coordinates also stretch it.
 
     Args:
         base: First temporal slice ``K0``, shape ``(O, I, kH, kW)``.

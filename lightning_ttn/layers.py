@@ -146,7 +146,9 @@ class TTConv3d(nn.Module):
         ``K0 ~ N(0, 1 / (3 * fan_in))`` with ``fan_in = in_channels/groups * T * kH * kW``: the
         variance of ``nn.Conv3d``'s default (Kaiming-uniform, a=sqrt(5)) for the full 3D kernel.
         As the initial kernel is ``K0`` repeated over time, a TT layer starts with the same
-        activation scale as the plain layer it replaces, so the two models are comparable.
+        activation scale as the plain layer it replaces, so the two models are comparable. The
+        variance is our choice: the paper says only "Gaussian"; the authors' code draws K0 from
+        N(0, 1) (``Recipe(k0_init="normal")``).
         """
         fan_in = self.base.shape[1] * math.prod(self.kernel_size)
         nn.init.normal_(self.base, mean=0.0, std=1.0 / math.sqrt(3 * fan_in))

@@ -7,13 +7,15 @@ report and the configs use these names.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from torch import Tensor, nn
 
 from lightning_ttn.conv2plus1d import Conv2Plus1d
 from lightning_ttn.layers import TRANSFORMS, TTConv3d
 
-CONVS = ("conv3d", "ttconv3d", "conv2plus1d")
+Conv = Literal["conv3d", "ttconv3d", "conv2plus1d"]
+CONVS: tuple[str, ...] = Conv.__args__
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,22 @@ def family_of(conv: str, transform: str = "similarity") -> str:
     return f"3DTTN-{transform}"
 
 
-class LeNet5(nn.Module):
+class VideoNetwork(nn.Module):
+    """Base class of the networks ``VideoClassifier`` trains: ``(B, 1, T, H, W)`` clips to
+    ``(B, num_classes)`` logits.
+
+    Subclass it for your own network: LightningCLI then offers it as ``--model.model`` (and only
+    the subclasses, not every ``nn.Module``), and checkpoints can rebuild it from
+    :attr:`init_args` (``VideoClassifier.load_from_checkpoint(path)`` with no other argument).
+    """
+
+    @property
+    def init_args(self) -> dict:
+        """The constructor arguments that rebuild this network (plain YAML/JSON types)."""
+        raise NotImplementedError(f"{type(self).__name__} must define init_args")
+
+
+class LeNet5(VideoNetwork):
     """LeNet-5 with 3D convolutions on Video-MNIST clips.
 
     ``conv1 (1->c1, 5x5x5, pad 2) -> ReLU -> MaxPool3d(2) -> conv2 (c1->c2, 5x5x5) -> ReLU ->
@@ -71,8 +88,8 @@ class LeNet5(nn.Module):
     def __init__(
         self,
         channels: tuple[int, int] = (18, 28),
-        conv: str = "ttconv3d",
-        transform: str = "similarity",
+        conv: Conv = "ttconv3d",
+        transform: Literal["similarity", "affine", "none"] = "similarity",
         num_classes: int = 10,
     ) -> None:
         super().__init__()
@@ -89,6 +106,7 @@ class LeNet5(nn.Module):
         self.channels = tuple(channels)
         self.conv = conv
         self.transform = transform
+        self.num_classes = num_classes
         c1, c2 = channels
 
         def conv_layer(c_in: int, c_out: int, padding: int) -> nn.Module:
@@ -123,6 +141,11 @@ class LeNet5(nn.Module):
             Class logits ``(B, num_classes)``.
         """
         return self.classifier(self.features(clips))
+
+    @property
+    def init_args(self) -> dict:
+        return {"channels": list(self.channels), "conv": self.conv, "transform": self.transform,
+                "num_classes": self.num_classes}
 
     @property
     def family(self) -> str:

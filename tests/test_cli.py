@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lightning_ttn.training.module import VideoClassifier
 from lightning_ttn.training.record import RunRecord
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,6 +80,49 @@ def test_tensorboard_has_scalars_hparams_clips_kernels_and_transforms(smoke_run)
     assert {"inputs/clips"} | kernels <= tags["images"]
     assert "transforms/model.features.0/rotation_deg" in tags["histograms"]
     assert "transforms/model.features.3/tx_px_mean" in tags["scalars"]
+    assert "drift/model.features.0/max_abs_rotation_deg" in tags["scalars"]
+
+
+def test_a_checkpoint_rebuilds_its_network_and_tests_with_the_config_beside_it(smoke_run):
+    cwd, fit = smoke_run
+    version = cwd / "lightning_logs" / "smoke" / "version_0"
+    best = next((version / "checkpoints").glob("best*"))
+    module = VideoClassifier.load_from_checkpoint(str(best))  # no model= needed
+    assert module.model_name == "LeNet-5-3DTTN (4, 14)" and module.recipe.epochs == 1
+    test = run_cli("test", "--config", str(version / "config.yaml"), "--ckpt_path", str(best),
+                   cwd=cwd)
+    assert printed_metric(test.stdout, "test/acc") == printed_metric(fit.stdout, "test/acc")
+
+
+def test_predict_writes_labels_predictions_and_probabilities(smoke_run):
+    cwd, _ = smoke_run
+    version = cwd / "lightning_logs" / "smoke" / "version_0"
+    proc = run_cli("predict", "--config", SMOKE, "--ckpt_path", str(version / "checkpoints" /
+                   "last.ckpt"), cwd=cwd)
+    path = Path(re.search(r"wrote 20 predictions to (\S+)", proc.stdout).group(1))
+    rows = (cwd / path).read_text().splitlines()
+    assert rows[0] == "clip,label,predicted," + ",".join(f"p{c}" for c in range(10))
+    assert len(rows) == 21
+    first = rows[1].split(",")
+    assert sum(float(p) for p in first[3:]) == pytest.approx(1.0, abs=1e-4)
+    assert int(first[2]) == max(range(10), key=lambda c: float(first[3 + c]))
+    assert len({row.split(",")[1] for row in rows[1:11]}) == 10  # classes interleaved
+
+
+@pytest.mark.parametrize("flags", [["--trainer.fast_dev_run", "true"],
+                                   ["--trainer.logger", "false"]])
+def test_runs_without_a_logger_write_nothing_into_the_working_tree(tmp_path, flags):
+    for _ in range(2):  # the second run must not trip over what the first left
+        run_cli("fit", "--config", SMOKE, *flags, cwd=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_tensorboard_hparams_hold_the_data_settings(smoke_run):
+    cwd, _ = smoke_run
+    hparams = (cwd / "lightning_logs" / "smoke" / "version_0" / "hparams.yaml").read_text()
+    for key in ("data/train_videos: 20", "data/batch_size: 10", "data/subset_seed: 0",
+                "data/source: embedded", "data/motion: table1"):
+        assert key in hparams
 
 
 def test_help_is_documented(tmp_path):
@@ -86,12 +130,22 @@ def test_help_is_documented(tmp_path):
     assert "--data.train_videos" in help_text and "class-balanced" in help_text
     assert "--model.recipe.lr" in help_text and "--checkpoint.monitor" in help_text
     assert "--model.recipe.transform_lr_scale" in help_text and "--optimizer" not in help_text
+    # --model.model offers the project's networks, not every torch module
+    assert "known subclasses: lightning_ttn.models.VideoNetwork, lightning_ttn.models.LeNet5)" in (
+        " ".join(help_text.split()))
+    assert "torch.nn.modules" not in help_text
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         (["--data.train_videos", "15"], r"train_videos=15 must be None .* positive multiple of 10"),
+        (["--data.train_videos", "99990"], r"train_videos=99990 exceeds the 4000 clips"),
+        (["--data.batch_size", "-5"], r"data.batch_size\" must be given via \"model.recipe"),
+        (["--model.recipe.batch_size", "-5"], r"batch_size=-5 must be an integer >= 1"),
+        (["--model.model.conv", "ttconv"],
+         r"Literal\['conv3d', 'ttconv3d', 'conv2plus1d'\]. Got value: ttconv"),
+        (["--model.model", "foo.Bar"], r"allowed networks: lightning_ttn.models.LeNet5"),
         (["--data.source", "imagenet"], r"Literal\['auto', 'embedded', .*Got value: imagenet"),
         (["--model.recipe.lr_schedule", "cosine"], r"Literal\['plateau', .*Got value: cosine"),
         (["--model.model.init_args.conv", "conv2d"], r"conv must be one of .*'conv2d'"),
@@ -101,6 +155,8 @@ def test_bad_config_values_fail_with_a_clear_message(tmp_path, override, message
     proc = run_cli("fit", "--config", SMOKE, *override, cwd=tmp_path, check=False)
     assert proc.returncode != 0
     assert re.search(message, proc.stderr), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) <= 8, proc.stderr
+    assert not (tmp_path / "lightning_logs").exists()  # checked before the logger writes
 
 
 def test_ddp_two_cpu_processes_share_the_cache_and_sync_metrics(tmp_path):

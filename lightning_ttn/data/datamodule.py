@@ -11,7 +11,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_ttn.data.cache import SPLITS, CachedSplit, get_or_render, open_split
-from lightning_ttn.data.mnist import SOURCES, DigitSource, SourceName, load_digits
+from lightning_ttn.data.mnist import (
+    SOURCES,
+    SPLIT_SIZES,
+    DigitSource,
+    SourceName,
+    load_digits,
+)
 from lightning_ttn.data.video_mnist import Motion, check_motion
 
 log = logging.getLogger(__name__)
@@ -187,12 +193,19 @@ class VideoMNISTDataModule(pl.LightningDataModule):
         check_motion(motion)
         if not isinstance(verify, bool):
             raise ValueError(f"verify={verify!r} must be True or False")
-        for name, value in (
-            ("train_videos", train_videos),
-            ("val_videos", val_videos),
-            ("test_videos", test_videos),
+        for name, value, available in zip(
+            ("train_videos", "val_videos", "test_videos"),
+            (train_videos, val_videos, test_videos),
+            SPLIT_SIZES[source],
+            strict=True,
         ):
             _check_count(name, value)
+            # Checked here, before a logger or a render starts: the split cannot hold more.
+            if value is not None and value > available:
+                raise ValueError(
+                    f"{name}={value} exceeds the {available} clips of its split for "
+                    f"source={source!r} ({available // 10} per class)"
+                )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:

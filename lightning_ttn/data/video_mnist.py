@@ -41,10 +41,15 @@ MOTIONS: tuple[str, ...] = get_args(Motion)
 # One row per class (Table 1 of the paper). Two-element lists [lo, hi] are ranges sampled
 # uniformly per clip, three-element lists are equally likely choices (per frame), and directions
 # called random are left/right (up/down, clockwise/counter-clockwise) with equal probability.
-# Signs: rotation > 0 is counter-clockwise as displayed. The numbers follow the authors'
-# generator (github.com/redsphinx/relative-baseline, omg_emotion/create_moving_mnist.py):
-# 1-2 px/frame travel, 12 deg/frame rotation (360/30), circle radius 4-12 px, scale almost to 0
-# and back, and random walks of -1/0/+1 px and -12/0/+12 deg per frame for class 9.
+# Signs: rotation > 0 is counter-clockwise as displayed. Our reading of Table 1, smooth and
+# bounded, with magnitudes taken from the authors' generator (github.com/redsphinx/
+# relative-baseline, omg_emotion/create_moving_mnist.py): 1-2 px/frame travel, 12 deg/frame
+# rotation, circle radius 4-12 px, random-walk steps of -1/0/+1 px and -12/0/+12 deg. Where this
+# preset departs from what their code does (the "authors" preset below): class 5 (one lap of the
+# circle, theirs ~2.6 laps: degrees passed to np.cos), class 8 (12 deg/frame, theirs 24 with a
+# full turn before reversing), classes 0, 1, 7 (constant speed reflecting at +/-10 px, theirs
+# whole pixels speeding up by 1 px/frame at each turn within +/-13 px), class 2 (theirs ends on a
+# blank frame) and class 9 (bounded here, unbounded there).
 # "bounce_px": translation reflects off +/-bounce_px so the digit stays at least partly visible.
 MOTION_TABLE: dict[int, dict[str, object]] = {
     0: {

@@ -54,6 +54,7 @@ _QUIET_WARNINGS = (
     r".*smaller than the logging interval.*",
     r".*isinstance\(treespec, LeafSpec\).*",  # torch 2.13 deprecation inside Lightning 2.6
     r".*Checkpoint directory .* exists and is not empty.*",
+    r".*LightningCLI's args parameter is intended to run from within Python.*",
 )
 
 

@@ -10,7 +10,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
 
 from lightning_ttn.layers import TTConv3d
-from lightning_ttn.training.diagnostics import similarity_values
+from lightning_ttn.training.diagnostics import similarity_values, transform_drift
 
 
 def frames_grid(frames: Tensor, zoom: int = 1, pad: int = 1) -> Tensor:
@@ -33,8 +33,9 @@ def frames_grid(frames: Tensor, zoom: int = 1, pad: int = 1) -> Tensor:
 
 class TensorBoardVisuals(Callback):
     """Logs a grid of input clips once, and every ``every_n_epochs`` epochs, for each
-    ``TTConv3d``, its kernel slices K0..K(T-1) of the first filters and histograms and means of
-    its learned scale, rotation (degrees) and translation (pixels).
+    ``TTConv3d``, its kernel slices K0..K(T-1) of the first filters, histograms and means of
+    its learned scale, rotation (degrees) and translation (pixels), and its drift from the
+    identity (``drift/<layer>/mean_abs_rotation_deg`` ..., as in the run record).
 
     Does nothing unless the trainer logs to TensorBoard.
 
@@ -92,3 +93,8 @@ class TensorBoardVisuals(Callback):
                     continue
                 writer.add_histogram(f"transforms/{name}/{key}", value.float().cpu(), step)
                 writer.add_scalar(f"transforms/{name}/{key}_mean", value.mean().item(), step)
+        # How far Θ moved from the identity: the run record's numbers, over training.
+        for drift in transform_drift(pl_module):
+            for key, value in vars(drift).items():
+                if key != "layer":
+                    writer.add_scalar(f"drift/{drift.layer}/{key}", value, step)

@@ -8,23 +8,56 @@ writes the run record ``run.json`` into the log directory.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
+import torch
 from jsonargparse import lazy_instance
-from pytorch_lightning import LightningDataModule
+from pytorch_lightning import LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from lightning_ttn.data import VideoMNISTDataModule
 from lightning_ttn.fileio import write_text_atomic
-from lightning_ttn.models import LeNet5
+from lightning_ttn.models import LeNet5, VideoNetwork
 from lightning_ttn.training.callbacks import TensorBoardVisuals
 from lightning_ttn.training.module import MONITOR, VideoClassifier
 from lightning_ttn.training.run import fit_and_test
 
 log = logging.getLogger(__name__)
+
+
+def _network_class_paths() -> list[str]:
+    """Class paths of the ``VideoNetwork`` subclasses defined so far."""
+    found, pending = [], [VideoNetwork]
+    while pending:
+        for subclass in pending.pop().__subclasses__():
+            if not subclass.__name__.startswith("LazyInstance_"):  # jsonargparse's defaults
+                found.append(f"{subclass.__module__}.{subclass.__qualname__}")
+            pending.append(subclass)
+    return found
+
+
+class SaveConfigIntoLogDir(SaveConfigCallback):
+    """Saves ``config.yaml`` into the logger's directory, and nowhere without a logger (Lightning
+    would write it into the working directory, and refuse the next run there)."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if trainer.logger is not None:
+            super().setup(trainer, pl_module, stage)
+
+
+class ShortErrorParser(LightningArgumentParser):
+    """Reports a bad argument in two lines (the value and what is allowed), not the whole usage."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if "class_path" in message:
+            message += "\n  allowed networks: " + ", ".join(_network_class_paths())
+        sys.stderr.write(f"error: {message.strip()}\n(see {self.prog} --help)\n")
+        sys.exit(2)
 
 
 def _batch_size(batch_size: int, overrides: dict, train_videos: int | None) -> int:
@@ -38,6 +71,10 @@ class VideoCLI(LightningCLI):
     ``--model.recipe.epochs``, ``--model.recipe.val_every_n_epochs``,
     ``--model.recipe.batch_size`` (and ``batch_size_overrides``), not on the trainer or data.
     """
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        self.parser_class = ShortErrorParser
+        return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -63,6 +100,19 @@ class VideoCLI(LightningCLI):
             }
         )
 
+    def _no_log_dir(self) -> bool:
+        # fast_dev_run replaces the logger by a DummyLogger, which has no directory either.
+        return self.trainer.logger is None or bool(self.trainer.fast_dev_run)
+
+    def before_fit(self) -> None:
+        # Without a logger (fast_dev_run, --trainer.logger false) checkpoints would land in the
+        # working directory; they are kept only where the user asked for them.
+        if self._no_log_dir():
+            for callback in self.trainer.checkpoint_callbacks:
+                if callback.dirpath is None:
+                    callback.save_top_k, callback.save_last = 0, False
+                    log.info("no logger: no checkpoints are saved (set --checkpoint.dirpath)")
+
     def fit(self, model: VideoClassifier, datamodule: LightningDataModule | None = None,
             **kwargs: Any) -> None:
         """``fit`` = the run entry: fit, test the recipe's weights, write ``run.json``."""
@@ -71,12 +121,37 @@ class VideoCLI(LightningCLI):
             init_seed=self.config[self.subcommand].seed_everything,
             ckpt_path=kwargs.get("ckpt_path"),
         )
-        if self.trainer.logger is None:
+        if self._no_log_dir():
             return
         path = f"{self.trainer.log_dir}/run.json"  # a broadcast: every rank must ask
         if self.trainer.is_global_zero:
             write_text_atomic(path, record.to_json())
             log.info("run record: %s", path)
+
+
+    def predict(self, model: VideoClassifier, datamodule: LightningDataModule | None = None,
+                **kwargs: Any) -> None:
+        """Predicts the test clips and writes ``predictions.csv`` (clip index in the test split,
+        label, predicted class, class probabilities) into the log directory."""
+        batches = self.trainer.predict(model, datamodule=datamodule,
+                                       ckpt_path=kwargs.get("ckpt_path"))
+        labels = torch.cat([b[0] for b in batches]).tolist()
+        probabilities = torch.cat([b[1] for b in batches]).float()
+        clips = datamodule.datasets["test"].rows.tolist() if datamodule else range(len(labels))
+        if self._no_log_dir():
+            print("no logger: predictions are not written (set --trainer.logger)")
+            return
+        directory = Path(self.trainer.log_dir)  # a broadcast: every rank must ask
+        if not self.trainer.is_global_zero:
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        lines = ["clip,label,predicted," + ",".join(
+            f"p{c}" for c in range(probabilities.shape[1]))]
+        for clip, label, p in zip(clips, labels, probabilities, strict=True):
+            lines.append(f"{clip},{label},{int(p.argmax())}," + ",".join(f"{v:.6f}" for v in p))
+        path = directory / "predictions.csv"
+        write_text_atomic(path, "\n".join(lines) + "\n")
+        print(f"wrote {len(labels)} predictions to {path}")
 
 
 def main() -> None:
@@ -88,5 +163,8 @@ def main() -> None:
     package_logger.setLevel(logging.INFO)
     # A deprecation inside Lightning 2.6 under torch 2.13, repeated on every fit; not ours to fix.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    VideoCLI(VideoClassifier, VideoMNISTDataModule, seed_everything_default=0,
-             auto_configure_optimizers=False)
+    try:
+        VideoCLI(VideoClassifier, VideoMNISTDataModule, seed_everything_default=0,
+                 auto_configure_optimizers=False, save_config_callback=SaveConfigIntoLogDir)
+    except ValueError as e:  # a bad value found by a constructor: no traceback
+        sys.exit(f"error: {e}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Any
 
@@ -14,6 +15,7 @@ from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_ttn.layers import TTConv3d
+from lightning_ttn.models import VideoNetwork
 from lightning_ttn.training.recipe import Recipe
 from lightning_ttn.training.schedules import HalveEveryTenEpochs
 
@@ -51,15 +53,16 @@ class VideoClassifier(LightningModule):
     weights the recipe tests (best validation or last) in memory.
 
     Args:
-        model: The network, ``(B, 1, T, H, W) -> (B, num_classes)`` logits, e.g.
-            ``lightning_ttn.models.LeNet5``.
+        model: The network, ``(B, 1, T, H, W) -> (B, num_classes)`` logits: a
+            ``lightning_ttn.models.VideoNetwork`` such as ``LeNet5`` (any ``nn.Module`` works
+            from Python; checkpoints rebuild it from its ``init_args`` when it has them).
         recipe: Every training choice (optimizer, learning rate, clipping, schedule, epochs,
             batch size, tested weights, input scaling, K0 init); ``--model.recipe.lr`` etc.
         num_classes: Number of classes, for the accuracy metrics.
     """
 
     def __init__(
-        self, model: nn.Module, recipe: Recipe = DEFAULT_RECIPE, num_classes: int = 10
+        self, model: VideoNetwork, recipe: Recipe = DEFAULT_RECIPE, num_classes: int = 10
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
@@ -116,9 +119,12 @@ class VideoClassifier(LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "test", self.test_acc)
 
-    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        clips, _ = batch
-        return self(clips).argmax(dim=1)
+    def predict_step(
+        self, batch: tuple[Tensor, Tensor], batch_idx: int
+    ) -> tuple[Tensor, Tensor]:
+        """Returns ``(labels (B,), class probabilities (B, num_classes))``."""
+        clips, labels = batch
+        return labels, self(clips).softmax(dim=1)
 
     def on_fit_start(self) -> None:
         # Registers the hparams with the metrics TensorBoard's HPARAMS tab compares runs by.
@@ -128,6 +134,12 @@ class VideoClassifier(LightningModule):
                 "model_name": self.model_name,
                 "num_parameters": self.num_parameters,
             }
+            datamodule = self.trainer.datamodule
+            for key in ("train_videos", "batch_size", "subset_seed", "source", "motion"):
+                if hasattr(datamodule, key):
+                    params[f"data/{key}"] = getattr(datamodule, key)
+            if getattr(datamodule, "source_name", None):
+                params["data/source"] = datamodule.source_name
             self.logger.log_hyperparams(params, {"hp/best_val_acc": 0.0, "hp/test_acc": 0.0})
 
     def on_train_epoch_start(self) -> None:
@@ -170,7 +182,31 @@ class VideoClassifier(LightningModule):
         self.load_state_dict(self.best_state)
         return self.best_epoch
 
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str, map_location: Any = None, **kwargs: Any
+    ) -> VideoClassifier:
+        """Lightning's ``load_from_checkpoint``; without ``model=`` the network is rebuilt from
+        the class path and ``init_args`` the checkpoint carries."""
+        if "model" not in kwargs:
+            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+            network = checkpoint.get("network")
+            if network is None:
+                raise ValueError(
+                    f"{checkpoint_path} carries no network description: pass model=..."
+                )
+            module_name, _, class_name = network["class_path"].rpartition(".")
+            network_class = getattr(importlib.import_module(module_name), class_name)
+            kwargs["model"] = network_class(**network["init_args"])
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, **kwargs)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if isinstance(self.model, VideoNetwork):
+            network = type(self.model)
+            checkpoint["network"] = {
+                "class_path": f"{network.__module__}.{network.__qualname__}",
+                "init_args": self.model.init_args,
+            }
         # A resumed fit must still know its best weights and histories.
         checkpoint["run_state"] = {
             "val_acc_history": self.val_acc_history,

@@ -32,6 +32,7 @@ rerun on another device), not bit for bit.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -269,14 +270,15 @@ def stack_data(datamodules: Sequence[VideoMNISTDataModule]) -> StackData:
 
 def member_batches(num_videos: int, batch_size: int, subset_seed: int) -> DataLoader:
     """The dataset indices, batch by batch, that ``VideoMNISTDataModule.train_dataloader``
-    serves a run with ``subset_seed`` (one iteration per epoch, as the ``Trainer`` does).
+    serves a run with ``subset_seed`` (one iterator per epoch, as the ``Trainer`` takes them:
+    see ``_zip_batches``).
 
     The same ``DataLoader`` arguments over ``range(num_videos)``: the same ``RandomSampler``
     draws from the same ``torch.Generator().manual_seed(subset_seed)`` (each epoch the loader's
     base seed, then the permutation), so the order is the single run's, whatever the torch
-    version. As the data module's with ``num_workers=0``; with workers it keeps them alive
-    across epochs (``persistent_workers``), which draws the base seed once instead of per
-    epoch, so its order from the second epoch on differs from both.
+    version. This is the data module's order with ``num_workers=0`` (the sweep's default); with
+    worker processes the data module keeps them across epochs (``persistent_workers``), which
+    draws the base seed only once, so from the second epoch on its order differs from this one.
     """
     return DataLoader(
         range(num_videos),
@@ -309,14 +311,20 @@ def _check_members(modules: Sequence[VideoClassifier], data: StackData) -> None:
 
 
 def _zip_batches(loaders: Sequence[DataLoader]) -> Iterator[Tensor]:
-    """The members' index batches step by step, ``(R, B)``; every loader is run to its end
-    (its sampler's last generator draw included), as the ``Trainer`` runs it."""
+    """The members' index batches of one epoch, step by step, ``(R, B)``.
+
+    As the ``Trainer`` takes them: ``len(loader)`` batches from a new iterator, never asking it
+    for its end. This matters: when the batch size divides the set, a ``for`` loop's final
+    ``next`` would make the sampler draw once more from its generator (its trailing
+    ``randperm``), changing the next epoch's order.
+    """
+    steps = {len(loader) for loader in loaders}
+    if len(steps) != 1:
+        raise ValueError(f"the members' training loaders differ in length: {sorted(steps)}")
     iterators = [iter(loader) for loader in loaders]
-    while True:
-        batches = [next(it, None) for it in iterators]
-        if all(b is None for b in batches):
-            return
-        if any(b is None for b in batches) or len({len(b) for b in batches}) != 1:
+    for _ in range(steps.pop()):
+        batches = [next(it) for it in iterators]
+        if len({len(b) for b in batches}) != 1:
             raise ValueError("the members' training loaders must yield batches of equal sizes")
         yield torch.stack(batches)  # (R, B)
 
@@ -480,9 +488,9 @@ def train_stacked(
                 if schedulers[r] is not None:  # Lightning: after validation, on val/acc
                     schedulers[r].step(value)
             now = lap("val", now)
-        if seen:
-            for module, mean in zip(modules, (loss_sum.cpu() / seen).tolist(), strict=True):
-                module.train_loss_history.append([epoch, mean])
+        if seen:  # as VideoClassifier: float(sum) / count, in Python
+            for module, total in zip(modules, loss_sum.cpu().tolist(), strict=True):
+                module.train_loss_history.append([epoch, total / seen])
 
     tested_epochs = [m.load_tested_weights() for m in modules]
     stack.eval()
@@ -598,7 +606,8 @@ def train_stacked_specs(
 ) -> list[RunRecord]:
     """Trains sweep runs of one candidate and size as one stack; records in ``specs`` order.
 
-    :func:`prepare_stack`, then :func:`train_stacked`. The records lack the sweep identity
+    :func:`prepare_stack`, then :func:`train_stacked` after :func:`set_determinism` as the
+    single run's ``Trainer`` sets it. The records lack the sweep identity
     (``run_id``, ``family``, ``candidate``, ``run``, ``settings``, ``replay``), which the sweep
     adds as for ``train_one``.
 
@@ -606,10 +615,21 @@ def train_stacked_specs(
         ValueError: the runs are not one candidate and size (:func:`check_stack`).
     """
     modules, data, source = prepare_stack(specs, config)
+    set_determinism(config.deterministic)
     return train_stacked(
         modules, data, [spec.run for spec in specs], init_seeds=[spec.init_seed for spec in specs],
         device=device, dtype=dtype, data_source=source, timings=timings,
     )
+
+
+def set_determinism(deterministic: bool | str) -> None:
+    """What ``Trainer(deterministic=...)`` sets (Lightning's ``_set_torch_flags``), process-wide
+    as there: deterministic algorithms (``"warn"``: warn where none exists, e.g. the CUDA
+    backward of ``grid_sample``), no cuDNN benchmarking and cuBLAS's reproducible workspace."""
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    torch.use_deterministic_algorithms(bool(deterministic), warn_only=deterministic == "warn")
 
 
 def member_bytes(channels: tuple[int, int], conv: str, batch_size: int) -> int:
@@ -669,6 +689,6 @@ def stack_groups(specs: Sequence[RunSpec], stack: int) -> list[list[RunSpec]]:
 
 __all__ = [
     "StackData", "StackedLeNet5", "auto_stack", "build_member", "check_stack", "member_batches",
-    "member_bytes", "prepare_stack", "stack_data", "stack_groups", "train_stacked",
-    "train_stacked_specs",
+    "member_bytes", "prepare_stack", "set_determinism", "stack_data", "stack_groups",
+    "train_stacked", "train_stacked_specs",
 ]
