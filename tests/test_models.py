@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_ttn.layers import TTConv3d
 from lightning_ttn.conv2plus1d import Conv2Plus1d, middle_channels
+from lightning_ttn.layers import TTConv3d
 from lightning_ttn.models import FAMILIES, LeNet5
 
 # Table 2 of the paper: trainable parameters of each model size it reports.

@@ -21,6 +21,7 @@ from lightning_ttn.layers import TTConv3d
 from lightning_ttn.models import LeNet5
 from lightning_ttn.protocol.runner import run_config
 from lightning_ttn.protocol.schema import parse_config, plan_runs
+from lightning_ttn.protocol.stacking import prepare_stack, stack_groups, train_stacked_specs
 from lightning_ttn.training.cli import VideoCLI
 from lightning_ttn.training.module import VideoClassifier
 from lightning_ttn.training.run import fit_and_test
@@ -28,11 +29,8 @@ from lightning_ttn.training.stacked import (
     StackedLeNet5,
     auto_stack,
     member_batches,
-    prepare_stack,
     stack_data,
-    stack_groups,
     train_stacked,
-    train_stacked_specs,
 )
 
 CHANNELS = [2, 3]  # tiny widths: the test is about equivalence, not accuracy
@@ -249,3 +247,32 @@ def test_a_stack_on_cuda_trains_as_on_the_cpu(data_dir, tmp_path, family):
     for ours, theirs in zip(gpu_weights, cpu_weights, strict=True):
         for name, value in ours.items():
             torch.testing.assert_close(value, theirs[name], rtol=0, atol=1e-10)
+
+
+def test_a_sweep_with_stack_2_writes_one_record_per_member_and_skips_held_runs(tmp_path):
+    from pathlib import Path
+
+    from filelock import FileLock
+
+    from lightning_ttn.protocol import store
+    from lightning_ttn.protocol.runner import run_sweep
+    from lightning_ttn.training.record import RunRecord
+
+    raw = {
+        "output_dir": str(tmp_path / "out"), "source": "embedded",
+        "data_dir": str(Path(__file__).resolve().parents[1] / "data"), "sizes": [10],
+        "runs": 4, "epochs": 1, "val_videos": 10, "test_videos": 10, "accelerator": "cpu",
+        "stack": 2, "families": {"3DTTN": [{"name": "w2-3", "channels": [2, 3]}]},
+    }
+    config = parse_config(raw)
+    specs = plan_runs(config)
+    store.runs_dir(config.output_dir).mkdir(parents=True)
+    with FileLock(str(store.record_path(config.output_dir, specs[1]).with_suffix(".lock"))):
+        counts = run_sweep(config, show_progress=False)  # run 1 is held by "another worker"
+    assert counts["trained"] == 3 and counts["held"] == 1
+    records = {s.run: RunRecord.read(store.record_path(config.output_dir, s))
+               for s in specs if store.is_finished(config.output_dir, s)}
+    # Stacks [0, 1] and [2, 3]; run 1 held, so run 0 trains alone.
+    assert {run: r.stack_size for run, r in records.items()} == {0: 1, 2: 2, 3: 2}
+    assert records[2].replay[-1].endswith("3DTTN_n0010_w2-3_r002.yaml")
+    assert run_sweep(config, show_progress=False)["trained"] == 1  # resume trains run 1

@@ -411,3 +411,14 @@ def test_sweep_vocabularies_match_the_data_package() -> None:
     from lightning_ttn.protocol import schema
 
     assert schema.MOTIONS == tuple(MOTIONS) and schema.SOURCES == tuple(SOURCES)
+
+
+def test_a_binary_sweep_file_gets_a_clear_error(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "weights.bin"
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(path)])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert f"{path}: cannot read the sweep file" in message and "Traceback" not in message
+    assert not list(tmp_path.glob("**/sweep.json")) and not list(tmp_path.glob("**/*.lock"))

@@ -14,6 +14,7 @@ claimed with a non-blocking file lock, so concurrent workers never train the sam
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -42,10 +43,12 @@ from lightning_ttn.protocol.schema import (
     plan_runs,
     shard_runs,
 )
+from lightning_ttn.protocol.stacking import stack_groups, train_stacked_specs
 from lightning_ttn.training.cli import VideoCLI
 from lightning_ttn.training.module import VideoClassifier
 from lightning_ttn.training.record import RunRecord
 from lightning_ttn.training.run import fit_and_test
+from lightning_ttn.training.stacked import auto_stack
 
 TrainFn = Callable[[RunSpec, SweepConfig], RunRecord]
 # Lightning's hints that do not apply to tiny, single-process sweep runs.
@@ -138,6 +141,16 @@ def train_one(spec: RunSpec, config: SweepConfig) -> RunRecord:
     )
     record = fit_and_test(cli.trainer, cli.model, cli.datamodule, init_seed=spec.init_seed,
                           verbose=False)
+    return with_identity(record, spec, config)
+
+
+def with_identity(record: RunRecord, spec: RunSpec, config: SweepConfig) -> RunRecord:
+    """The record with the sweep's identity of its run: id, family, candidate, settings and
+    the replay command (whose config is written beside the record if it is not there yet)."""
+    path = store.replay_config_path(config.output_dir, spec)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, yaml.safe_dump(run_config(spec, config), sort_keys=False))
     settings = {
         k: v for k, v in config.to_dict().items()
         if k in ("source", "render_seed", "motion", "val_videos", "test_videos", "seed_offset",
@@ -152,6 +165,38 @@ def train_one(spec: RunSpec, config: SweepConfig) -> RunRecord:
         settings=settings,
         replay=["train.py", "fit", "--config", str(path)],
     )
+
+
+def train_stack(specs: list[RunSpec], config: SweepConfig, device: torch.device
+                ) -> list[RunRecord]:
+    """Trains runs of one candidate and size as one stacked model (one run: ``train_one``)."""
+    if len(specs) == 1:
+        return [train_one(specs[0], config)]
+    records = train_stacked_specs(specs, config, device)
+    return [
+        with_identity(dataclasses.replace(record, stack_size=len(specs)), spec, config)
+        for record, spec in zip(records, specs, strict=True)
+    ]
+
+
+def claim_and_train_stack(specs: list[RunSpec], config: SweepConfig, device: torch.device
+                          ) -> tuple[list[RunRecord], int]:
+    """Claims the stack's runs one by one (skipping finished runs and runs other workers hold),
+    trains the claimed ones together and writes their records.
+
+    Returns:
+        The records written and the number of runs held by other workers.
+    """
+    with contextlib.ExitStack() as claims:
+        claimed = [spec for spec in specs
+                   if claims.enter_context(store.claim(config.output_dir, spec))]
+        held = sum(not store.is_finished(config.output_dir, s) for s in specs) - len(claimed)
+        if not claimed:
+            return [], held
+        records = train_stack(claimed, config, device)
+        for spec, record in zip(claimed, records, strict=True):
+            store.write_record(config.output_dir, spec, record)
+        return records, held
 
 
 def claim_and_train(spec: RunSpec, config: SweepConfig, train_fn: TrainFn
@@ -223,10 +268,22 @@ def run_sweep(
     store.prepare_output_dir(config, check_sizes)
     finished_before = sum(store.is_finished(config.output_dir, s) for s in specs)
     counts = {"total": len(specs), "finished_before": finished_before, "trained": 0, "held": 0}
+    device = _device(config)
+    stack = _stack_size(config, device, specs)
     with tqdm(total=len(specs), initial=finished_before, unit="run",
               disable=not show_progress) as bar, warnings.catch_warnings():
         for pattern in _QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
+        if stack > 1 and train_fn is train_one:
+            pending = [s for s in specs if not store.is_finished(config.output_dir, s)]
+            for group in stack_groups(pending, stack):
+                records, held = claim_and_train_stack(group, config, device)
+                counts["trained"] += len(records)
+                counts["held"] += held
+                bar.update(len(records))
+                for record in records:
+                    bar.write(_summary_line(record))
+            return counts
         for spec in specs:
             status, record = claim_and_train(spec, config, train_fn)
             if status == "trained":
@@ -236,6 +293,24 @@ def run_sweep(
             elif status == "held":
                 counts["held"] += 1
     return counts
+
+
+def _device(config: SweepConfig) -> torch.device:
+    if config.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _stack_size(config: SweepConfig, device: torch.device, specs: list[RunSpec]) -> int:
+    """``stack`` of the config; ``auto``: 1 on CPU, on CUDA what fits (runs of a group)."""
+    if config.stack != "auto":
+        return int(config.stack)
+    if device.type != "cuda" or not specs or config.tensorboard:
+        return 1
+    largest = max(len(g) for g in stack_groups(specs, len(specs)))
+    first = specs[0]
+    return auto_stack(device, largest, first.candidate.channels, first.model.conv,
+                      first.batch_size)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -23,6 +23,7 @@ names a width and may override any recipe field::
     devices: 1
     deterministic: warn                # true | false | warn (passed to the Trainer)
     tensorboard: false                 # one TensorBoard log per run under <output_dir>/tensorboard
+    stack: auto                        # runs trained as one stacked model: auto | 1, 2, ...
     epochs: 100                        # recipe fields: any of Recipe's, e.g. lr, epochs,
     val_every_n_epochs: 1              #   val_every_n_epochs, batch_size_overrides, ...
     families:                          # lightning_ttn.models.FAMILIES
@@ -57,7 +58,7 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 # or how fast runs happen, or add runs, never what a finished run means.
 RESUMABLE_KEYS = (
     "output_dir", "data_dir", "mnist_dir", "num_workers", "runs", "accelerator",
-    "tensorboard", "verify",
+    "tensorboard", "verify", "stack",
 )
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _CANDIDATE_KEYS = ("name", "channels", "conv", "sizes")
@@ -116,6 +117,10 @@ class SweepConfig:
     # and is deterministic on CPU.
     deterministic: bool | str = "warn"
     tensorboard: bool = False
+    # Runs of one candidate and size trained together as one stacked model
+    # (lightning_ttn.training.stacked): "auto" is 1 on CPU (slower there) and on CUDA as many
+    # as fit in memory, capped by the group.
+    stack: int | str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain YAML/JSON types, the recipe's fields at the top level;
@@ -364,6 +369,10 @@ def _check_scalars(config: SweepConfig) -> None:
     for key in ("tensorboard", "verify"):
         if not isinstance(getattr(config, key), bool):
             raise SweepConfigError(f"{key} must be true or false, got {getattr(config, key)!r}")
+    if not (config.stack == "auto" or (_is_int(config.stack) and config.stack >= 1)):
+        raise SweepConfigError(f"stack must be auto or an integer >= 1, got {config.stack!r}")
+    if config.tensorboard and config.stack not in ("auto", 1):
+        raise SweepConfigError("tensorboard: true needs stack: 1 (stacked runs log nothing)")
     if config.motion not in MOTIONS:
         raise SweepConfigError(f"motion must be one of {', '.join(MOTIONS)}, got {config.motion!r}")
     for key in ("val_videos", "test_videos"):

@@ -94,6 +94,8 @@ class RunRecord:
         finished_at: UTC time, ISO format.
         torch_threads: ``torch.get_num_threads()`` (CPU results depend on it).
         device: Where it ran: ``cpu`` or the GPU's name, e.g. ``cuda: NVIDIA H200``.
+        stack_size: Runs trained together as one stacked model (1: alone). A stacked run's
+            replay retrains it alone, equal up to floating-point rounding.
         versions: Python, torch, Lightning and lightning_ttn versions.
         git_commit: Commit of the code, if in a git checkout.
         hostname: Machine name.
@@ -126,6 +128,7 @@ class RunRecord:
     finished_at: str | None = None
     torch_threads: int | None = None
     device: str | None = None
+    stack_size: int = 1
     versions: dict[str, str] = field(default_factory=dict)
     git_commit: str | None = None
     hostname: str | None = None
