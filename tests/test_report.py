@@ -12,9 +12,10 @@ import pytest
 from scipy import stats
 
 from lightning_ttn.protocol.paper import paper_table
-from lightning_ttn.protocol.report import main, write_report
+from lightning_ttn.protocol.report import figure, main, table_rows, write_report
 from lightning_ttn.protocol.schema import dump_config, parse_config
 from lightning_ttn.protocol.statistics import holm, select_configurations
+from lightning_ttn.protocol.store import load_records
 from lightning_ttn.training.record import RunRecord, TransformDrift
 
 SWEEP = {
@@ -168,3 +169,13 @@ def test_records_round_trip_and_reject_unknown_fields() -> None:
         RunRecord.from_dict({**record.to_dict(), "acc": 1})
     with pytest.raises(ValueError, match="incomplete run record"):
         RunRecord.from_dict({"test_acc": 0.4})
+
+
+def test_figure_ticks_at_the_sizes_and_says_error_bars_are_standard_errors(tmp_path: Path) -> None:
+    write_results(tmp_path)
+    rows = table_rows(select_configurations(load_records(tmp_path)), [10, 20])
+    fig = figure(rows, "t")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["10", "20"]
+    assert list(ax.get_xticks()) == [10, 20]
+    assert "standard error" in ax.get_legend().get_title().get_text()

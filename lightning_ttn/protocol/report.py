@@ -195,6 +195,14 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot_figure(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Writes :func:`figure` as a PNG."""
+    fig = figure(rows, title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=150, format="png")
+    plt.close(fig)
+
+
+def figure(rows: list[dict[str, Any]], title: str) -> plt.Figure:
     """Figure 3: mean test accuracy ± standard error against training videos (log x, ticks at
     the sizes), the paper's curves dashed, ``*`` where a family differs significantly from the
     reference (Holm)."""
@@ -226,9 +234,7 @@ def plot_figure(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, title="error bars: standard error of the mean", title_fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=150, format="png")
-    plt.close(fig)
+    return fig
 
 
 def write_report(
