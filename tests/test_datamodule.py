@@ -191,3 +191,14 @@ def test_verify_rerenders_a_corrupted_entry(tmp_path):
     checked = VideoMNISTDataModule(**kwargs, verify=True)
     checked.setup("validate")  # without prepare_data, e.g. on another DDP rank
     assert videos.read_bytes() == good
+
+
+def test_shuffle_order_does_not_depend_on_num_workers(data_dir):
+    """num_workers changes the speed only: the same training order in every epoch."""
+    orders = []
+    for workers in (0, 2):
+        dm = _dm(data_dir, train_videos=20, val_videos=10, test_videos=10, batch_size=5,
+                 num_workers=workers)
+        loader = dm.train_dataloader()
+        orders.append([y.tolist() + [float(x.sum())] for _ in range(3) for x, y in loader])
+    assert orders[0] == orders[1]

@@ -313,7 +313,10 @@ class VideoMNISTDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=collate_clips,
             drop_last=False,
-            persistent_workers=self.num_workers > 0,
+            # Not persistent: a persistent iterator draws its workers' base seed from the
+            # generator once, a fresh one every epoch, so the shuffle order from epoch 2 on
+            # would depend on num_workers (which must only change the speed).
+            persistent_workers=False,
         )
 
     def train_dataloader(self) -> DataLoader:
