@@ -148,7 +148,6 @@ def test_help_is_documented(tmp_path):
         (["--model.model", "foo.Bar"], r"allowed networks: lightning_ttn.models.LeNet5"),
         (["--data.source", "imagenet"], r"Literal\['auto', 'embedded', .*Got value: imagenet"),
         (["--model.recipe.lr_schedule", "cosine"], r"Literal\['plateau', .*Got value: cosine"),
-        (["--model.model.init_args.conv", "conv2d"], r"conv must be one of .*'conv2d'"),
     ],
 )
 def test_bad_config_values_fail_with_a_clear_message(tmp_path, override, message):

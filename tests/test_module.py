@@ -163,7 +163,10 @@ def test_fit_validate_test_log_metrics(tmp_path):
     (result,) = trainer.test(module, _loader(seed=2), verbose=False)
     assert set(result) >= {"test/acc", "test/loss", "hp/test_acc"}
     predictions = trainer.predict(module, _loader(seed=2))
-    assert torch.cat(predictions).shape == (8,)
+    labels = torch.cat([batch_labels for batch_labels, _ in predictions])
+    probabilities = torch.cat([batch_probs for _, batch_probs in predictions])
+    assert labels.shape == (8,) and probabilities.shape == (8, 10)
+    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(8))
 
 
 def test_training_reduces_loss_on_a_learnable_toy_task():
