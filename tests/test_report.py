@@ -179,3 +179,15 @@ def test_figure_ticks_at_the_sizes_and_says_error_bars_are_standard_errors(tmp_p
     assert [t.get_text() for t in ax.get_xticklabels()] == ["10", "20"]
     assert list(ax.get_xticks()) == [10, 20]
     assert "standard error" in ax.get_legend().get_title().get_text()
+
+
+def test_report_statistics_and_select_import_no_lightning() -> None:
+    """They read saved files only: importing them must not pull in Lightning (seconds)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lightning_ttn.protocol.report, lightning_ttn.protocol.select, "
+            "lightning_ttn.protocol.statistics; "
+            "print(sorted(m for m in sys.modules if 'lightning' in m and 'ttn' not in m))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
