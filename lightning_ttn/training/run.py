@@ -72,6 +72,7 @@ def fit_and_test(
         wall_time_s=time.perf_counter() - start,
         # CPU results depend on the thread count (reduction order inside conv3d).
         torch_threads=torch.get_num_threads(),
-        device=_device_name(module.device),
+        # The strategy's device: Lightning moves the module back to the CPU after fit/test.
+        device=_device_name(trainer.strategy.root_device),
         **provenance(),
     )
