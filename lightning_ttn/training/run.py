@@ -17,7 +17,8 @@ from lightning_ttn.training.module import VideoClassifier
 from lightning_ttn.training.record import RunRecord, provenance
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
+    """``cpu`` or the GPU's name, e.g. ``cuda: NVIDIA H200``, for a run record."""
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
     return device.type
@@ -73,6 +74,6 @@ def fit_and_test(
         # CPU results depend on the thread count (reduction order inside conv3d).
         torch_threads=torch.get_num_threads(),
         # The strategy's device: Lightning moves the module back to the CPU after fit/test.
-        device=_device_name(trainer.strategy.root_device),
+        device=device_name(trainer.strategy.root_device),
         **provenance(),
     )

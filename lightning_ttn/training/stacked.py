@@ -51,6 +51,7 @@ from lightning_ttn.models import LeNet5
 from lightning_ttn.training.diagnostics import transform_drift
 from lightning_ttn.training.module import VideoClassifier
 from lightning_ttn.training.record import RunRecord, provenance
+from lightning_ttn.training.run import device_name
 
 # Clip geometry of Video-MNIST (LeNet5's first Linear assumes it).
 _FRAMES, _SIZE = 30, 28
@@ -288,12 +289,6 @@ def member_batches(num_videos: int, batch_size: int, subset_seed: int) -> DataLo
 
 
 # ----------------------------------------------------------------------------- training
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return device.type
-
-
 def _check_members(modules: Sequence[VideoClassifier], data: StackData) -> None:
     if not modules:
         raise ValueError("a stack needs at least one member")
@@ -520,7 +515,7 @@ def train_stacked(
             transforms=transform_drift(module.model),
             wall_time_s=share,
             torch_threads=torch.get_num_threads(),
-            device=_device_name(device),
+            device=device_name(device),
             **provenance(),
         )
         for r, module in enumerate(modules)
