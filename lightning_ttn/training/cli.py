@@ -25,6 +25,7 @@ from lightning_ttn.fileio import write_text_atomic
 from lightning_ttn.models import LeNet5, VideoNetwork
 from lightning_ttn.training.callbacks import TensorBoardVisuals
 from lightning_ttn.training.module import MONITOR, VideoClassifier
+from lightning_ttn.training.recipe import batch_size_for
 from lightning_ttn.training.run import fit_and_test
 
 log = logging.getLogger(__name__)
@@ -60,10 +61,6 @@ class ShortErrorParser(LightningArgumentParser):
         sys.exit(2)
 
 
-def _batch_size(batch_size: int, overrides: dict, train_videos: int | None) -> int:
-    return {int(k): v for k, v in (overrides or {}).items()}.get(train_videos, batch_size)
-
-
 class VideoCLI(LightningCLI):
     """LightningCLI for :class:`VideoClassifier` on :class:`VideoMNISTDataModule`.
 
@@ -84,7 +81,7 @@ class VideoCLI(LightningCLI):
         parser.link_arguments(
             ("model.recipe.batch_size", "model.recipe.batch_size_overrides", "data.train_videos"),
             "data.batch_size",
-            compute_fn=_batch_size,
+            compute_fn=batch_size_for,
         )
         parser.set_defaults(
             {

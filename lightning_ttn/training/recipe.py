@@ -126,7 +126,7 @@ class Recipe:
 
     def batch_size_for(self, train_videos: int | None) -> int:
         """The batch size used with ``train_videos`` training videos."""
-        return self.batch_size_overrides.get(train_videos, self.batch_size)
+        return batch_size_for(self.batch_size, self.batch_size_overrides, train_videos)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON types; ``Recipe(**recipe.to_dict())`` gives it back."""
@@ -161,6 +161,15 @@ def _check_positive(name: str, value: Any) -> None:
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"recipe.{name}={value!r} must be an integer >= {minimum}")
+
+
+def batch_size_for(batch_size: int, overrides: dict | None, train_videos: int | None) -> int:
+    """The batch size with ``train_videos`` training videos: its override, else ``batch_size``.
+
+    Also the CLI's link into ``data.batch_size``, which sees the overrides before the recipe
+    validates them (keys may still be YAML/JSON strings).
+    """
+    return {_as_int_key(k): v for k, v in (overrides or {}).items()}.get(train_videos, batch_size)
 
 
 def _as_int_key(key: Any) -> Any:
