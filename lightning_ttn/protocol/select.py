@@ -6,11 +6,19 @@ candidate with the highest mean validation accuracy of its tested weights (the r
 :func:`lightning_ttn.protocol.statistics.select_configurations`) and writes a sweep file that
 trains only the selected candidates, on fresh run indices, with the grid sweep's other settings.
 Reporting the final sweep then gives test accuracies untouched by the selection. Lightning-free.
+
+When the grid grows after the final sweep has started and the selection changes, the final
+sweep's output directory no longer matches the new file (a sweep refuses to resume into it).
+``--supersede`` then moves the final runs of every dropped candidate to
+``<output_dir>/superseded/runs/`` (kept, never reported) and removes the directory's saved
+``sweep.json``/``sweep.yaml``, which the next sweep invocation writes from the new file; runs of
+candidates still selected stay where they are. Stop the final sweep's workers first.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -18,8 +26,9 @@ from typing import Any
 import yaml
 
 from lightning_ttn.fileio import write_text_atomic
+from lightning_ttn.protocol.schema import config_differences, parse_config, plan_runs
 from lightning_ttn.protocol.statistics import select_configurations
-from lightning_ttn.protocol.store import load_records, load_saved_config
+from lightning_ttn.protocol.store import load_records, load_saved_config, runs_dir
 
 
 def final_sweep(results_dir: str | Path, runs: int, first_run: int, output_dir: str
@@ -46,6 +55,47 @@ def final_sweep(results_dir: str | Path, runs: int, first_run: int, output_dir: 
     return raw
 
 
+def dropped_run_ids(raw_final: dict[str, Any]) -> list[str] | None:
+    """Runs of the final sweep's output directory that the new final sweep no longer plans.
+
+    Returns:
+        None if the directory holds no sweep or one the new file resumes (same settings,
+        candidates only added); else the run ids of the saved sweep that the new one drops.
+
+    Raises:
+        ValueError: the saved sweep differs in more than its candidates.
+    """
+    saved = load_saved_config(raw_final["output_dir"])
+    if saved is None:
+        return None
+    final = parse_config(raw_final)
+    differences = config_differences(saved, final)
+    if not differences:
+        return None
+    if differences != ["families"]:
+        raise ValueError(
+            f"{raw_final['output_dir']} holds a sweep with different {', '.join(differences)} "
+            "(only the selected candidates may change); use another --output-dir")
+    planned = {spec.run_id for spec in plan_runs(final)}
+    return [spec.run_id for spec in plan_runs(saved) if spec.run_id not in planned]
+
+
+def supersede(output_dir: str | Path, run_ids: list[str]) -> int:
+    """Moves the files of ``run_ids`` to ``<output_dir>/superseded/runs/`` and removes the
+    saved sweep config; returns the number of finished runs moved."""
+    source, target = runs_dir(output_dir), Path(output_dir, "superseded", "runs")
+    moved = 0
+    for run_id in run_ids:
+        # "<run_id>." so that run 100 ("..._r100") does not take the files of run 1000.
+        for path in sorted(source.glob(f"{run_id}.*")):
+            target.mkdir(parents=True, exist_ok=True)
+            moved += path.suffix == ".json"
+            shutil.move(path, target / path.name)
+    for name in ("sweep.json", "sweep.yaml"):
+        Path(output_dir, name).unlink(missing_ok=True)
+    return moved
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lightning_ttn.protocol.select",
                                      description=__doc__.splitlines()[0])
@@ -54,11 +104,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output-dir", required=True, help="output_dir of the final sweep")
     parser.add_argument("--runs", type=int, default=8, help="runs per selected candidate")
     parser.add_argument("--first-run", type=int, default=0, help="first run index")
+    parser.add_argument("--supersede", action="store_true",
+                        help="if the selection changed, move the output dir's runs of dropped "
+                             "candidates to <output-dir>/superseded/runs/")
     args = parser.parse_args(argv)
     try:
         raw = final_sweep(args.results_dir, args.runs, args.first_run, args.output_dir)
+        dropped = dropped_run_ids(raw)
     except ValueError as e:
         parser.exit(2, f"error: {e}\n")
+    if dropped is not None and not args.supersede:
+        parser.exit(2, f"error: the selection changed since {args.output_dir} was started: "
+                       f"{len(dropped)} of its planned runs belong to candidates no longer "
+                       "selected; rerun with --supersede to move them aside, or use another "
+                       "--output-dir\n")
+    if dropped is not None:
+        moved = supersede(args.output_dir, dropped)
+        print(f"moved {moved} finished runs of dropped candidates to "
+              f"{Path(args.output_dir, 'superseded', 'runs')}")
     header = (f"# Generated by `python -m lightning_ttn.protocol.select {args.results_dir}`: the "
               "candidates selected on its runs,\n# trained on fresh run indices.\n")
     write_text_atomic(args.out, header + yaml.safe_dump(raw, sort_keys=False))
