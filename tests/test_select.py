@@ -26,20 +26,20 @@ GRID = {
 }
 
 
-def write_grid(directory: Path, val_acc: dict[tuple[str, int, str], float]) -> None:
+def write_grid(directory: Path, val_acc: dict[tuple[str, int, str], float],
+               grid: dict = GRID) -> None:
     """A grid results directory: its sweep.json and one record per planned run."""
-    config = parse_config({**GRID, "output_dir": str(directory)})
+    config = parse_config({**grid, "output_dir": str(directory)})
     (directory / "runs").mkdir(parents=True, exist_ok=True)
     (directory / "sweep.json").write_text(dump_config(config)[1])
     for spec in plan_runs(config):
         fields = {"name": spec.candidate.name, "channels": list(spec.candidate.channels),
                   "conv": spec.candidate.conv, **dict(spec.candidate.recipe)}
+        key = (spec.family, spec.train_videos, spec.candidate.name)
         record = RunRecord(
             run_id=spec.run_id, family=spec.family, train_videos=spec.train_videos,
-            run=spec.run, candidate=fields, best_val_acc=val_acc[spec.family,
-                                                                  spec.train_videos,
-                                                                  spec.candidate.name],
-            best_epoch=3, test_acc=0.5, num_parameters=1)
+            run=spec.run, candidate=fields, best_val_acc=val_acc[key], best_epoch=3,
+            test_acc=0.5, num_parameters=1)
         (directory / "runs" / f"{spec.run_id}.json").write_text(record.to_json())
 
 
@@ -86,11 +86,10 @@ def test_a_changed_selection_is_refused_then_superseded(
     assert (output / "sweep.json").exists()
 
     # The grid grows: a new 3D candidate wins at 10 videos and drops "lr0.1".
-    GRID["families"]["3D"].append({"name": "lr0.2", "channels": [4, 14], "lr": 0.2})
-    try:
-        write_grid(grid, {**VAL, ("3D", 10, "lr0.2"): 0.9, ("3D", 20, "lr0.2"): 0.1})
-    finally:
-        GRID["families"]["3D"].pop()
+    grown = {**GRID, "families": {
+        **GRID["families"],
+        "3D": [*GRID["families"]["3D"], {"name": "lr0.2", "channels": [4, 14], "lr": 0.2}]}}
+    write_grid(grid, {**VAL, ("3D", 10, "lr0.2"): 0.9, ("3D", 20, "lr0.2"): 0.1}, grown)
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     err = capsys.readouterr().err
