@@ -20,7 +20,8 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yields a fresh temporary path beside ``target`` to write to.
 
     On normal exit the file is moved onto ``target``; on an exception it is deleted and the
-    exception propagates, so ``target`` is never half-written. A process killed mid-write leaves
+    exception propagates, so ``target`` is never half-written; an ``OSError`` on the temporary
+    file (disk full, permission denied) names ``target``. A process killed mid-write leaves
     only a ``.<name>.<hex>.tmp`` file, which writers may clean up.
     """
     target = Path(target)
@@ -28,6 +29,11 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, target)
+    except OSError as e:
+        # A failed write (disk full) names no file, a failed open the temporary one.
+        if e.filename is None or Path(e.filename) == tmp:
+            raise OSError(e.errno, e.strerror, str(target)) from e
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

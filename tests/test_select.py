@@ -123,3 +123,32 @@ def test_a_final_directory_with_other_settings_is_refused(
         main(args + ["--runs", "2", "--supersede"])
     assert "different epochs" in capsys.readouterr().err
     assert not (output / "superseded").exists()
+
+
+def test_a_partial_grid_is_refused_unless_allowed(tmp_path: Path, capsys) -> None:
+    write_grid(tmp_path / "grid", VAL)
+    next((tmp_path / "grid" / "runs").glob("3D_n0010_lr0.1_*.json")).unlink()
+    args = [str(tmp_path / "grid"), "--out", str(tmp_path / "final.yaml"),
+            "--output-dir", str(tmp_path / "final")]
+    with pytest.raises(SystemExit):
+        main(args)
+    assert "misses 1 of its planned runs" in capsys.readouterr().err
+    main([*args, "--allow-partial"])
+    assert (tmp_path / "final.yaml").exists()
+
+
+def test_the_bounded_selection_skips_large_multipliers(tmp_path: Path) -> None:
+    grid = {**GRID, "families": {"3DTTN": [
+        {"name": "t1", "channels": [4, 14], "transform_lr_scale": 1},
+        {"name": "t1000", "channels": [4, 14], "transform_lr_scale": 1000}]}}
+    val = {("3DTTN", size, name): acc for size in (10, 20)
+           for name, acc in (("t1", 0.6), ("t1000", 0.7))}
+    write_grid(tmp_path / "grid", val, grid)
+    out = tmp_path / "final.yaml"
+    main([str(tmp_path / "grid"), "--out", str(out), "--output-dir", str(tmp_path / "f")])
+    assert [c.name for c in load_config(out).families["3DTTN"]] == ["t1000"]
+    main([str(tmp_path / "grid"), "--out", str(out), "--output-dir", str(tmp_path / "b"),
+          "--families", "3DTTN", "--max-transform-lr-scale", "10"])
+    final = load_config(out)
+    assert [c.name for c in final.families["3DTTN"]] == ["t1"]
+    assert "--max-transform-lr-scale 10" in out.read_text().splitlines()[0]

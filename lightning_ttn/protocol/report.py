@@ -1,6 +1,7 @@
 """Table 2 and Figure 3 from a sweep's run records, for any number of families.
 
-``python -m lightning_ttn.report <results dir> [--out DIR] [--reference 3D]`` reads
+``python -m lightning_ttn.report <results dir> [--out DIR] [--reference 3D]
+[--add LABEL=DIR:FAMILY ...]`` reads
 ``<results dir>/runs/*.json`` (temporary and lock files are ignored) and writes ``table.md``,
 ``table.csv`` (one row per size and family) and ``figure.png``. Works on a partial sweep: it
 reports what is finished and lists what is missing relative to the saved ``sweep.json``. Reads
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +27,12 @@ from lightning_ttn.models import FAMILIES
 from lightning_ttn.protocol.paper import paper_table
 from lightning_ttn.protocol.schema import SweepConfig, plan_runs
 from lightning_ttn.protocol.statistics import (
+    CHANCE_LOSS_TOLERANCE,
+    CHANCE_VAL_ACC,
     SIGNIFICANCE_LEVEL,
+    TIE_RULE,
     Selection,
+    health_summary,
     holm,
     paired_t_test,
     select_configurations,
@@ -39,7 +46,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after selecting the Agg backend)
 
 STATISTICS_NOTE = (
     "Selection: per family and size, the candidate with the highest mean validation accuracy of "
-    "its tested weights over the runs all candidates share. mean acc: mean test accuracy of its "
+    f"its tested weights over the runs all candidates share; {TIE_RULE}. mean acc: mean test "
+    "accuracy of its "
     "runs; std err: std (ddof=1) / sqrt(runs). p: paired two-sided t-test "
     "(scipy.stats.ttest_rel) of the test accuracies against the reference family over the runs "
     "both have (run r of every family is trained on the same videos); p Holm: Holm-adjusted "
@@ -88,7 +96,15 @@ def table_rows(
                 if shared:
                     row["diff_vs_reference"] = float(np.mean(
                         [selection.test_accs[r] - other.test_accs[r] for r in shared]))
+            summary = selection.candidates.get(selection.candidate)
+            row["diverged_runs"] = sum(r.failed for r in selection.records)
+            row["runs_at_chance"] = summary.at_chance if summary else 0
             drift = selection.drift()
+            health = health_summary(selection.records)
+            row["kernel_energy_profile"] = (
+                " ".join(f"{e:.3f}" for e in health.energy_profile) if health else "")
+            row["kernel_collapsed_fraction"] = health.collapsed_fraction if health else math.nan
+            row["kernel_reading"] = health.describe(drift) if health else ""
             for key in ("mean_abs_rotation_deg", "mean_abs_scale_change", "mean_translation_px",
                         "max_abs_rotation_deg", "max_abs_scale_change", "max_translation_px"):
                 row[f"theta_{key}"] = getattr(drift, key) if drift else math.nan
@@ -169,19 +185,53 @@ def markdown_table(
                 _fmt(r["theta_mean_abs_scale_change"], 3), _fmt(r["theta_max_abs_scale_change"], 3),
                 _fmt(r["theta_mean_translation_px"], 3), _fmt(r["theta_max_translation_px"], 3),
             ]) + " |")
+    health_rows = [r for r in rows if r["kernel_reading"]]
+    if health_rows:
+        lines += ["", "Kernel health of the selected TT models after training (runs that did not "
+                  "diverge, mean over runs and TT layers): slice energy ||W_t|| / ||W_0|| per "
+                  "transition t = 1..T-1 (mean over output channels), the fraction of (channel, "
+                  "transition) pairs below 10% of K0's energy, and what the kernel computes.", "",
+                  "| train videos | family | energy W_t / W_0 | collapsed | reading |",
+                  "|---:|:---|:---|---:|:---|"]
+        for r in health_rows:
+            lines.append(f"| {r['train_videos']} | {r['family']} | {r['kernel_energy_profile']} "
+                         f"| {r['kernel_collapsed_fraction']:.0%} | {r['kernel_reading']} |")
     grids = [(k, s) for k, s in sorted(selections.items(), key=lambda kv: (kv[0][1], kv[0][0]))
-             if len(s.alternatives) > 1]
+             if len(s.alternatives) > 1 or _flags(s, s.candidate)]
     if grids:
-        lines += ["", "Candidates (mean validation accuracy of the tested weights; selected in "
-                  "bold):", ""]
+        lines += ["", "Candidates (mean validation accuracy of the tested weights over the shared "
+                  "runs; selected in bold; k/n at chance: runs whose training loss ended within "
+                  f"{CHANCE_LOSS_TOLERANCE} of ln 10 with validation accuracy below "
+                  f"{CHANCE_VAL_ACC}; diverged: runs whose training loss became NaN or infinite; "
+                  "extra runs: runs only this candidate has, left out of the selection and of "
+                  "the planned grid's counts):", ""]
         for (family, size), selection in grids:
-            cells = [f"**{name} {acc:.3f}**" if name == selection.candidate else
-                     f"{name} {acc:.3f}" for name, acc in sorted(selection.alternatives.items())]
+            cells = []
+            for name, acc in sorted(selection.alternatives.items()):
+                cell = f"{name} {acc:.3f}"
+                cell = f"**{cell}**" if name == selection.candidate else cell
+                flags = _flags(selection, name)
+                cells.append(cell + (f" ({flags})" if flags else ""))
             lines.append(f"- {size} videos, {family}: " + ", ".join(cells))
     if missing:
         lines += ["", "Missing runs (relative to sweep.json):", ""]
         lines += [f"- {line}" for line in missing]
     return "\n".join(lines) + "\n"
+
+
+def _flags(selection: Selection, name: str) -> str:
+    """A candidate's runs at chance, diverged runs and extra runs, in words ('' if none)."""
+    summary = selection.candidates.get(name)
+    if summary is None:
+        return ""
+    flags = []
+    if summary.at_chance:
+        flags.append(f"{summary.at_chance}/{summary.runs} at chance")
+    if summary.diverged:
+        flags.append(f"{summary.diverged} diverged")
+    if summary.extra_runs:
+        flags.append("extra runs " + ", ".join(map(str, summary.extra_runs)))
+    return "; ".join(flags)
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -237,8 +287,47 @@ def figure(rows: list[dict[str, Any]], title: str) -> plt.Figure:
     return fig
 
 
+@dataclass(frozen=True)
+class ExtraRow:
+    """Another final sweep's runs of one family, reported under their own label.
+
+    For a row selected by another rule or grid (e.g. ``3DTTN (Θ bounded)``) and tested on the
+    same run indices, so that it pairs with the table's families run by run.
+
+    Attributes:
+        label: The row's family label in the table.
+        results_dir: That sweep's output directory.
+        family: The family whose runs it reports.
+    """
+
+    label: str
+    results_dir: str
+    family: str
+
+    @classmethod
+    def parse(cls, text: str) -> ExtraRow:
+        """Parses ``LABEL=DIR:FAMILY``.
+
+        Raises:
+            ValueError: not of that form, or DIR has no runs/ directory.
+        """
+        label, _, rest = text.partition("=")
+        directory, _, family = rest.rpartition(":")
+        if not (label and directory and family):
+            raise ValueError(f"--add must be LABEL=DIR:FAMILY, got {text!r}")
+        if not Path(directory, "runs").is_dir():
+            raise ValueError(f"--add {text!r}: {directory} has no runs/ directory")
+        return cls(label, directory, family)
+
+    def records(self) -> list[RunRecord]:
+        """The family's records, relabeled."""
+        return [dataclasses.replace(r, family=self.label)
+                for r in load_records(self.results_dir) if r.family == self.family]
+
+
 def write_report(
-    results_dir: str | Path, out_dir: str | Path | None = None, reference: str = "3D"
+    results_dir: str | Path, out_dir: str | Path | None = None, reference: str = "3D",
+    extra: list[ExtraRow] | tuple[ExtraRow, ...] = (),
 ) -> str:
     """Writes ``table.md``, ``table.csv`` and ``figure.png`` and returns the Markdown table.
 
@@ -246,10 +335,13 @@ def write_report(
         results_dir: A sweep's output directory.
         out_dir: Where to write; default ``results_dir``.
         reference: The family the others are tested against.
+        extra: Rows from other final sweeps (see :class:`ExtraRow`).
     """
     out = Path(out_dir or results_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = load_records(results_dir)
+    for row in extra:
+        records += row.records()
     config = load_saved_config(results_dir)
     sizes = {r.train_videos for r in records} | set(config.sizes if config else ())
     selections = select_configurations(records)
@@ -273,8 +365,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("results_dir", help="the sweep's output_dir")
     parser.add_argument("--out", help="output directory (default: results_dir)")
     parser.add_argument("--reference", default="3D", help="family the others are tested against")
+    parser.add_argument("--add", action="append", default=[], metavar="LABEL=DIR:FAMILY",
+                        help="also report DIR's runs of FAMILY as the row LABEL (a final sweep "
+                             "on the same run indices, e.g. another selection rule); repeatable")
     args = parser.parse_args(argv)
     if not Path(args.results_dir, "runs").is_dir():
         parser.exit(2, f"error: {args.results_dir} has no runs/ directory of sweep results\n")
-    print(write_report(args.results_dir, args.out, args.reference), end="")
+    try:
+        extra = [ExtraRow.parse(text) for text in args.add]
+    except ValueError as e:
+        parser.exit(2, f"error: {e}\n")
+    print(write_report(args.results_dir, args.out, args.reference, extra), end="")
     print(f"wrote table.md, table.csv and figure.png into {args.out or args.results_dir}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -266,6 +267,9 @@ def run_sweep(
     config = resolve_source(config)
     specs = shard_runs(plan_runs(config), *shard)
     store.prepare_output_dir(config, check_sizes)
+    for moved in store.set_aside_unreadable(config.output_dir, specs):
+        print(f"warning: unreadable run record moved to {moved}; the run is trained again",
+              file=sys.stderr)
     finished_before = sum(store.is_finished(config.output_dir, s) for s in specs)
     counts = {"total": len(specs), "finished_before": finished_before, "trained": 0, "held": 0}
     device = _device(config)
@@ -343,6 +347,22 @@ def _print_plan(config: SweepConfig, shard: tuple[int, int]) -> None:
         print(f"  ... and {len(pending) - 10} more")
 
 
+def write_failure(error: OSError, config: SweepConfig, shard: tuple[int, int]) -> str:
+    """One paragraph for a failed file operation: which file, why, what is kept, what next."""
+    where = error.filename or config.output_dir
+    reason = error.strerror or str(error)
+    if error.errno is not None:
+        reason += f" ({errno.errorcode.get(error.errno, error.errno)})"
+    try:
+        specs = shard_runs(plan_runs(config), *shard)
+        finished = f"{sum(store.is_finished(config.output_dir, s) for s in specs)} of {len(specs)}"
+    except OSError:
+        finished = "the"
+    return (f"cannot write {where}: {reason}. {finished} runs of this shard are finished and "
+            "kept (records are written atomically, none is half-written); fix the cause and "
+            "rerun the same command to resume.")
+
+
 def _silence_lightning() -> None:
     for name in ("pytorch_lightning", "lightning_fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -381,6 +401,8 @@ def main(argv: list[str] | None = None) -> None:
         print("\ninterrupted: finished runs are kept; run the same command to resume",
               file=sys.stderr)
         sys.exit(130)
+    except OSError as e:  # disk full, permission denied, read-only file system ...
+        parser.exit(1, f"error: {write_failure(e, config, shard)}\n")
     print(f"shard {shard[0]}/{shard[1]}: {counts['trained']} trained, "
           f"{counts['finished_before']} finished before, {counts['held']} held by other workers, "
           f"{counts['total']} in total")

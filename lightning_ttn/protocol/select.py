@@ -1,7 +1,8 @@
 """Hyperparameter selection on separate runs: from a grid sweep's records to a final sweep file.
 
 ``python -m lightning_ttn.protocol.select <grid results dir> --out <final sweep.yaml>
-[--runs 8] [--first-run 0] [--output-dir DIR]`` selects, per family and training-set size, the
+--output-dir DIR [--runs 8] [--first-run 0] [--families F ...] [--max-transform-lr-scale X]``
+selects, per family and training-set size, the
 candidate with the highest mean validation accuracy of its tested weights (the report's rule,
 :func:`lightning_ttn.protocol.statistics.select_configurations`) and writes a sweep file that
 trains only the selected candidates, on fresh run indices, with the grid sweep's other settings.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -27,21 +29,46 @@ import yaml
 
 from lightning_ttn.fileio import write_text_atomic
 from lightning_ttn.protocol.schema import config_differences, parse_config, plan_runs
-from lightning_ttn.protocol.statistics import select_configurations
+from lightning_ttn.protocol.statistics import recipe_value, select_configurations
 from lightning_ttn.protocol.store import load_records, load_saved_config, runs_dir
 
 
-def final_sweep(results_dir: str | Path, runs: int, first_run: int, output_dir: str
+def final_sweep(results_dir: str | Path, runs: int, first_run: int, output_dir: str,
+                families: list[str] | None = None,
+                max_transform_lr_scale: float | None = None, allow_partial: bool = False
                 ) -> dict[str, Any]:
     """The final sweep mapping: the grid's settings, the selected candidates only.
 
+    Args:
+        results_dir: The grid sweep's output directory.
+        runs: Runs per selected candidate.
+        first_run: First run index of the final runs.
+        output_dir: The final sweep's output directory.
+        families: Select for these families only (default: all of the grid's).
+        max_transform_lr_scale: Select only among candidates whose transform multiplier is at
+            most this (e.g. 10: Θ keeps its geometric meaning; the "Θ bounded" row).
+        allow_partial: Select on a grid that misses some of its planned runs.
+
     Raises:
-        ValueError: the directory has no sweep.json or no finished runs.
+        ValueError: the directory has no sweep.json or no finished runs (after the filters),
+            or the grid is incomplete and ``allow_partial`` is false.
     """
     config = load_saved_config(results_dir)
-    records = load_records(results_dir)
+    records = [
+        r for r in load_records(results_dir)
+        if (families is None or r.family in families)
+        and (max_transform_lr_scale is None
+             or recipe_value(r, "transform_lr_scale", 1.0) <= max_transform_lr_scale)
+    ]
     if config is None or not records:
-        raise ValueError(f"{results_dir} holds no sweep.json or no finished runs")
+        raise ValueError(f"{results_dir} holds no sweep.json or no finished runs"
+                         + (" of the selected families and multipliers" if records == [] and
+                            (families or max_transform_lr_scale) else ""))
+    finished = {r.run_id for r in load_records(results_dir)}
+    missing = [s.run_id for s in plan_runs(config) if s.run_id not in finished]
+    if missing and not allow_partial:
+        raise ValueError(f"{results_dir} misses {len(missing)} of its planned runs (e.g. "
+                         f"{missing[0]}): finish the grid first, or pass --allow-partial")
     selections = select_configurations(records)
     chosen: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for (family, size), selection in sorted(selections.items(), key=lambda kv: kv[0][1]):
@@ -109,12 +136,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output-dir", required=True, help="output_dir of the final sweep")
     parser.add_argument("--runs", type=int, default=8, help="runs per selected candidate")
     parser.add_argument("--first-run", type=int, default=0, help="first run index")
+    parser.add_argument("--families", nargs="+", help="select for these families only")
+    parser.add_argument("--max-transform-lr-scale", type=float,
+                        help="select only among candidates whose transform_lr_scale is at most "
+                             "this (e.g. 10 for the 'Θ bounded' row)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="select although the grid misses some of its planned runs")
     parser.add_argument("--supersede", action="store_true",
                         help="if the selection changed, move the output dir's runs of dropped "
                              "candidates to <output-dir>/superseded/runs/")
     args = parser.parse_args(argv)
     try:
-        raw = final_sweep(args.results_dir, args.runs, args.first_run, args.output_dir)
+        raw = final_sweep(args.results_dir, args.runs, args.first_run, args.output_dir,
+                          args.families, args.max_transform_lr_scale, args.allow_partial)
         dropped = dropped_run_ids(raw)
     except ValueError as e:
         parser.exit(2, f"error: {e}\n")
@@ -127,8 +161,9 @@ def main(argv: list[str] | None = None) -> None:
         moved = supersede(args.output_dir, dropped)
         print(f"moved {moved} finished runs of dropped candidates to "
               f"{superseded_dir(args.output_dir)}")
-    header = (f"# Generated by `python -m lightning_ttn.protocol.select {args.results_dir}`: the "
-              "candidates selected on its runs,\n# trained on fresh run indices.\n")
+    command = " ".join(["python -m lightning_ttn.protocol.select", *(argv or sys.argv[1:])])
+    header = (f"# Generated by `{command}`:\n# the candidates selected on the grid's runs, "
+              "trained on fresh run indices.\n")
     write_text_atomic(args.out, header + yaml.safe_dump(raw, sort_keys=False))
     print(f"wrote {args.out}")
 

@@ -2,7 +2,9 @@
 
 ``<output_dir>/runs/<run_id>.json`` is a finished run's :class:`RunRecord`, written atomically;
 ``<run_id>.yaml`` beside it is the config that replays it; ``<run_id>.lock`` is the claim of the
-worker training it (a non-blocking file lock, released by the OS if the worker dies).
+worker training it (a non-blocking file lock, released by the OS if the worker dies, removed
+when the record is written). A record file that does not parse is moved to
+``runs/unreadable/`` and its run trained again.
 ``<output_dir>/sweep.yaml``/``sweep.json`` hold the sweep's resolved config. Lightning-free: the
 report reads records through :func:`load_records`.
 """
@@ -45,19 +47,59 @@ def replay_config_path(output_dir: str | Path, spec: RunSpec) -> Path:
     return runs_dir(output_dir) / f"{spec.run_id}.yaml"
 
 
+def unreadable_dir(output_dir: str | Path) -> Path:
+    """Where unreadable record files are moved (kept for inspection, never reported)."""
+    return runs_dir(output_dir) / "unreadable"
+
+
+def _names_run(path: Path, run_id: str) -> bool:
+    """Whether ``path`` holds a record that parses and names ``run_id``."""
+    try:
+        return RunRecord.read(path).run_id == run_id
+    except (OSError, ValueError):  # JSONDecodeError is a ValueError
+        return False
+
+
 def is_finished(output_dir: str | Path, spec: RunSpec) -> bool:
-    return record_path(output_dir, spec).exists()
+    """Whether the run has a record that parses and names it (an unreadable file does not
+    count: :func:`set_aside_unreadable` moves it away and the run is trained again)."""
+    path = record_path(output_dir, spec)
+    return path.exists() and _names_run(path, spec.run_id)
+
+
+def set_aside_unreadable(output_dir: str | Path, specs: list[RunSpec]) -> list[Path]:
+    """Moves the record files of ``specs`` that do not parse or name another run to
+    :func:`unreadable_dir`; returns where they went. Records are written atomically, so such a
+    file was damaged after the fact (a truncated copy, a hand edit), never caught mid-write."""
+    moved = []
+    for spec in specs:
+        path = record_path(output_dir, spec)
+        if not path.exists() or _names_run(path, spec.run_id):
+            continue
+        target = unreadable_dir(output_dir) / path.name
+        target.parent.mkdir(exist_ok=True)
+        try:
+            path.replace(target)
+        except FileNotFoundError:  # another worker moved it first
+            continue
+        moved.append(target)
+    return moved
 
 
 @contextmanager
 def claim(output_dir: str | Path, spec: RunSpec) -> Iterator[bool]:
     """Holds the run's lock while the block runs; yields False (and holds nothing) if another
-    worker holds it or the run is finished."""
-    path = record_path(output_dir, spec)
-    if path.exists():
+    worker holds it or the run is finished.
+
+    The lock file is removed once the run's record exists: a worker that still acquires the
+    removed file's lock then finds the record and skips the run, so no run is trained twice.
+    """
+    if is_finished(output_dir, spec):
         yield False
         return
-    lock = FileLock(str(path.with_suffix(".lock")), timeout=0)
+    path = record_path(output_dir, spec)
+    lock_path = path.with_suffix(".lock")
+    lock = FileLock(str(lock_path), timeout=0)
     try:
         lock.acquire()
     except Timeout:
@@ -65,13 +107,15 @@ def claim(output_dir: str | Path, spec: RunSpec) -> Iterator[bool]:
         return
     try:
         # Finished by another worker between the check and the claim?
-        if path.exists():
+        if is_finished(output_dir, spec):
             yield False
             return
         for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed worker
             stale.unlink(missing_ok=True)
         yield True
     finally:
+        if is_finished(output_dir, spec):
+            lock_path.unlink(missing_ok=True)
         lock.release()
 
 

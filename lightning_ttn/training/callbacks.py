@@ -10,7 +10,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
 
 from lightning_ttn.layers import TTConv3d
-from lightning_ttn.training.diagnostics import similarity_values, transform_drift
+from lightning_ttn.training.diagnostics import kernel_health, similarity_values, transform_drift
 
 
 def frames_grid(frames: Tensor, zoom: int = 1, pad: int = 1) -> Tensor:
@@ -35,7 +35,8 @@ class TensorBoardVisuals(Callback):
     """Logs a grid of input clips once, and every ``every_n_epochs`` epochs, for each
     ``TTConv3d``, its kernel slices K0..K(T-1) of the first filters, histograms and means of
     its learned scale, rotation (degrees) and translation (pixels), and its drift from the
-    identity (``drift/<layer>/mean_abs_rotation_deg`` ..., as in the run record).
+    identity (``drift/<layer>/mean_abs_rotation_deg`` ..., as in the run record) and its kernel
+    health (``health/<layer>/energy_t<t>_over_t0``, ``health/<layer>/collapsed_fraction``).
 
     Does nothing unless the trainer logs to TensorBoard.
 
@@ -98,3 +99,9 @@ class TensorBoardVisuals(Callback):
             for key, value in vars(drift).items():
                 if key != "layer":
                     writer.add_scalar(f"drift/{drift.layer}/{key}", value, step)
+        # What the built kernel computes over time: slice energy vs K0's, collapsed pairs.
+        for health in kernel_health(pl_module):
+            for t, ratio in enumerate(health.energy_profile, start=1):
+                writer.add_scalar(f"health/{health.layer}/energy_t{t}_over_t0", ratio, step)
+            writer.add_scalar(f"health/{health.layer}/collapsed_fraction",
+                              health.collapsed_fraction, step)

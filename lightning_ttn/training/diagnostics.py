@@ -1,4 +1,5 @@
-"""How far the learned TT transforms moved from the identity, in degrees and pixels."""
+"""How far the learned TT transforms moved from the identity (degrees, pixels) and what the
+built kernels compute over time (their temporal energy profile)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_ttn.layers import TTConv3d
-from lightning_ttn.training.record import TransformDrift
+from lightning_ttn.training.record import COLLAPSE_THRESHOLD, KernelHealth, TransformDrift
 
 
 def similarity_values(layer: TTConv3d) -> dict[str, Tensor]:
@@ -48,3 +49,23 @@ def transform_drift(model: nn.Module) -> list[TransformDrift]:
             max_translation_px=shift.max().item(),
         ))
     return drifts
+
+
+@torch.no_grad()
+def kernel_health(model: nn.Module) -> list[KernelHealth]:
+    """Per ``TTConv3d`` of ``model`` with ``T > 1``: the temporal energy profile of its built
+    kernel (``||W_t|| / ||W_0||`` per transition, mean over output channels) and the fraction of
+    (channel, transition) pairs below :data:`COLLAPSE_THRESHOLD` of K0's energy."""
+    health = []
+    for name, layer in model.named_modules():
+        if not isinstance(layer, TTConv3d) or layer.kernel_size[0] < 2:
+            continue
+        kernel = layer.kernel().double()  # (O, I, T, kH, kW)
+        energy = kernel.transpose(1, 2).flatten(2).norm(dim=2)  # (O, T)
+        ratio = energy[:, 1:] / energy[:, :1].clamp_min(torch.finfo(torch.float64).tiny)
+        health.append(KernelHealth(
+            layer=name,
+            energy_profile=ratio.mean(dim=0).tolist(),
+            collapsed_fraction=(ratio < COLLAPSE_THRESHOLD).double().mean().item(),
+        ))
+    return health

@@ -82,6 +82,7 @@ class VideoClassifier(LightningModule):
         self.train_loss_history: list[list[float]] = []
         self.lr_history: list[list[float]] = []
         self.best_epoch: int | None = None
+        self.diverged_epoch: int | None = None  # the epoch whose training loss was not finite
         self.best_state: dict[str, Tensor] | None = None
         self._best_value = -math.inf
         self._loss_sum = 0.0
@@ -106,8 +107,16 @@ class VideoClassifier(LightningModule):
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
         loss = self._step(batch, "train", self.train_acc)
+        # A diverged run stops at once instead of training on NaN; every rank takes the same
+        # decision (an inf on one rank only would otherwise desynchronize DDP).
+        if self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss), all=False):
+            self.diverged_epoch = self.current_epoch + 1
+            self.trainer.should_stop = True
+            self._loss_sum = self._loss_sum + loss.detach() * batch[1].shape[0]
+            self._loss_count += batch[1].shape[0]
+            return None  # no backward, no step: the weights stay those before the NaN
         # A tensor sum: no device synchronization per step.
         self._loss_sum = self._loss_sum + loss.detach() * batch[1].shape[0]
         self._loss_count += batch[1].shape[0]

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import importlib.metadata
 import json
+import math
 import platform
 import socket
 import subprocess
@@ -45,6 +46,32 @@ class TransformDrift:
     max_abs_scale_change: float
     mean_translation_px: float
     max_translation_px: float
+
+
+@dataclass(frozen=True)
+class KernelHealth:
+    """What one TT layer's built kernel computes over time (is Θ still a motion?).
+
+    Each transition resamples the previous slice with zeros outside it, so a large scale or a
+    shift past the kernel's edge empties every later slice, and zero padding then gives Θ no
+    gradient to come back: the kernel has collapsed in time. Slice energy is the norm
+    ``||W[o, :, t]||`` over input channels and pixels, compared with K0's (``t = 0``).
+
+    Attributes:
+        layer: Module name, e.g. ``features.0``.
+        energy_profile: ``||W_t|| / ||W_0||`` for ``t = 1 .. T-1``, mean over output channels
+            (1.0 everywhere: K0 repeated, time-constant).
+        collapsed_fraction: Fraction of (output channel, transition) pairs whose slice energy
+            is below :data:`COLLAPSE_THRESHOLD` of K0's.
+    """
+
+    layer: str
+    energy_profile: list[float]
+    collapsed_fraction: float
+
+
+# A slice with less than this fraction of K0's energy counts as collapsed.
+COLLAPSE_THRESHOLD = 0.1
 
 
 @dataclass(frozen=True)
@@ -86,6 +113,9 @@ class RunRecord:
         test_acc: Test accuracy of the tested weights.
         test_loss: Test loss of the tested weights.
         transforms: Θ drift of every TT layer after training (empty without TT layers).
+        kernel_health: Temporal energy profile of every TT layer's built kernel after training.
+        diverged: The training loss became NaN or infinite; training stopped there.
+        diverged_epoch: The epoch (1-based) in which it did (``None``: it did not).
 
     Provenance:
 
@@ -124,6 +154,9 @@ class RunRecord:
     tested_epoch: int | None = None
     test_loss: float | None = None
     transforms: list[TransformDrift] = field(default_factory=list)
+    kernel_health: list[KernelHealth] = field(default_factory=list)
+    diverged: bool = False
+    diverged_epoch: int | None = None
     wall_time_s: float | None = None
     finished_at: str | None = None
     torch_threads: int | None = None
@@ -140,12 +173,19 @@ class RunRecord:
             return self.candidate["name"]
         return self.model_name or "?"
 
+    @property
+    def failed(self) -> bool:
+        """Diverged, by its flag or (records written before the flag) a non-finite loss."""
+        losses = [loss for _, loss in self.train_loss_history]
+        return self.diverged or not all(map(math.isfinite, losses))
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types, in the order of the fields."""
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2) + "\n"
+        """Strict JSON (readable by jq or JavaScript): a non-finite number becomes ``null``."""
+        return json.dumps(_finite(self.to_dict()), indent=2, allow_nan=False) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunRecord:
@@ -162,6 +202,13 @@ class RunRecord:
             raise ValueError(f"unknown run record field(s) {unknown}")
         values = dict(data)
         values["transforms"] = [TransformDrift(**t) for t in values.get("transforms", [])]
+        values["kernel_health"] = [KernelHealth(**h) for h in values.get("kernel_health", [])]
+        # Strict JSON writes a non-finite number as null; in memory it is NaN again.
+        for key in ("best_val_acc", "test_acc"):
+            if key in values and values[key] is None:
+                values[key] = math.nan
+        for key in ("train_loss_history", "val_acc_history", "lr_history"):
+            values[key] = [[e, math.nan if v is None else v] for e, v in values.get(key, [])]
         try:
             return cls(**values)
         except TypeError as e:  # a required field is missing
@@ -171,6 +218,17 @@ class RunRecord:
     def read(cls, path: str | Path) -> RunRecord:
         """Reads a run JSON file (see :meth:`from_dict`)."""
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None``, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def versions() -> dict[str, str]:

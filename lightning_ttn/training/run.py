@@ -12,7 +12,7 @@ import time
 import torch
 from pytorch_lightning import LightningDataModule, Trainer
 
-from lightning_ttn.training.diagnostics import transform_drift
+from lightning_ttn.training.diagnostics import kernel_health, transform_drift
 from lightning_ttn.training.module import VideoClassifier
 from lightning_ttn.training.record import RunRecord, provenance
 
@@ -70,6 +70,9 @@ def fit_and_test(
         init_seed=init_seed,
         recipe=module.recipe.to_dict(),
         transforms=transform_drift(module.model),
+        kernel_health=kernel_health(module.model),
+        diverged=module.diverged_epoch is not None,
+        diverged_epoch=module.diverged_epoch,
         wall_time_s=time.perf_counter() - start,
         # CPU results depend on the thread count (reduction order inside conv3d).
         torch_threads=torch.get_num_threads(),

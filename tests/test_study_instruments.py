@@ -1,0 +1,89 @@
+"""The study's instruments: kernel health, runs at chance, extra rows in the report."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_ttn.layers import TTConv3d
+from lightning_ttn.models import LeNet5
+from lightning_ttn.protocol.report import ExtraRow, main, write_report
+from lightning_ttn.protocol.statistics import HealthSummary, at_chance, health_summary
+from lightning_ttn.training.diagnostics import kernel_health
+from lightning_ttn.training.record import KernelHealth, RunRecord, TransformDrift
+
+
+def naive_health(kernel: torch.Tensor) -> tuple[list[float], float]:
+    """Slice norms by loops, float64: the reference for kernel_health."""
+    out, _, frames, _, _ = kernel.shape
+    ratios = [[kernel[o, :, t].double().norm().item() / kernel[o, :, 0].double().norm().item()
+               for t in range(1, frames)] for o in range(out)]
+    profile = [sum(r[t] for r in ratios) / out for t in range(frames - 1)]
+    collapsed = sum(x < 0.1 for r in ratios for x in r) / (out * (frames - 1))
+    return profile, collapsed
+
+
+def test_kernel_health_matches_a_loop_and_reads_the_identity_as_time_constant() -> None:
+    torch.manual_seed(0)
+    layer = TTConv3d(2, 6, kernel_size=(4, 5, 5))
+    (health,) = kernel_health(torch.nn.Sequential(layer))
+    assert health.layer == "0"
+    assert health.energy_profile == pytest.approx([1.0, 1.0, 1.0], abs=1e-4)
+    assert health.collapsed_fraction == 0.0
+    with torch.no_grad():  # channels 0-2 shift past the kernel's edge: later slices empty
+        layer.translation[:3] = 3.0
+        layer.rotation[3:] = 0.3
+    (health,) = kernel_health(torch.nn.Sequential(layer))
+    profile, collapsed = naive_health(layer.kernel().detach())
+    assert health.energy_profile == pytest.approx(profile, rel=1e-9)
+    assert health.collapsed_fraction == pytest.approx(collapsed)
+    assert collapsed == 0.5
+
+
+def test_kernel_health_covers_every_tt_layer_and_skips_plain_convs() -> None:
+    assert [h.layer for h in kernel_health(LeNet5(channels=(4, 14), conv="ttconv3d"))] == [
+        "features.0", "features.3"]
+    assert kernel_health(LeNet5(channels=(4, 14), conv="conv3d")) == []
+
+
+@pytest.mark.parametrize(("profile", "collapsed", "rotation", "words"), [
+    ((1.0, 1.0), 0.0, 0.01, "time-constant"),
+    ((0.9, 0.7), 0.0, 12.0, "moving: slices keep 70%-90% of K0's energy"),
+    ((0.9, 0.6), 0.1, 12.0, "10% of pairs collapsed"),
+    ((0.05, 0.0), 0.83, 900.0, "collapsed in time after slice 0: 83% of"),
+])
+def test_health_is_put_into_words(profile, collapsed, rotation, words) -> None:
+    drift = TransformDrift("all", rotation, rotation, 0.001, 0.001, 0.01, 0.01)
+    assert words in HealthSummary(profile, collapsed, 1).describe(drift)
+
+
+def record(run: int, loss: float, val: float, **fields) -> RunRecord:
+    return RunRecord(best_val_acc=val, test_acc=val, num_parameters=1, run=run,
+                     train_loss_history=[[1, 5.0], [2, loss]], **fields)
+
+
+def test_runs_at_chance_and_diverged_runs_are_told_apart() -> None:
+    assert at_chance(record(0, 2.305, 0.104))
+    assert not at_chance(record(0, 2.305, 0.45))  # still learning something
+    assert not at_chance(record(0, 0.2, 0.11))
+    assert not at_chance(record(0, math.nan, 0.1))  # diverged, counted as such
+    assert record(0, math.nan, 0.1).failed and not record(0, 2.3, 0.1).failed
+    healthy = record(0, 0.1, 0.9, kernel_health=[KernelHealth("a", [1.0, 0.5], 0.0)])
+    broken = record(1, math.inf, 0.9, kernel_health=[KernelHealth("a", [0.0, 0.0], 1.0)])
+    assert health_summary([healthy, broken]) == HealthSummary((1.0, 0.5), 0.0, 1)
+
+
+def test_extra_rows_are_paired_with_the_table(tmp_path: Path, capsys) -> None:
+    from test_select import GRID, VAL, write_grid  # tests/ is on sys.path (rootdir-less)
+    write_grid(tmp_path / "main", VAL)
+    write_grid(tmp_path / "other", VAL)
+    rows = ExtraRow.parse(f"3D (other)={tmp_path / 'other'}:3D")
+    markdown = write_report(tmp_path / "main", extra=[rows])
+    assert "| 10 | 3D (other) |" in markdown and "| 20 | 3D (other) |" in markdown
+    assert GRID["sizes"] == [10, 20]
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "main"), "--add", "no-colon"])
+    assert "--add must be LABEL=DIR:FAMILY" in capsys.readouterr().err
