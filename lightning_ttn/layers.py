@@ -37,9 +37,14 @@ class TTConv3d(nn.Module):
     normalized coordinate convention of Θ). The temporal kernel size ``T`` is ``kernel_size[0]``.
 
     Trainable parameters are exactly ``base`` (``K0``), the transform and ``bias``; there is no
-    full-size weight. :meth:`kernel` returns the built 3D kernel, :meth:`to_conv3d` an
+    full-size weight parameter. :meth:`kernel` returns the built 3D kernel (so does the
+    read-only :attr:`weight`, for code written for ``nn.Conv3d``), :meth:`to_conv3d` an
     equivalent plain ``nn.Conv3d`` and :meth:`from_conv3d` the reverse (``K0`` from a trained
     kernel). The module can be scripted with ``torch.jit.script``.
+
+    A temporal size ``T = 1`` has no transition to transform: whatever ``transform`` is asked,
+    the layer is built as ``transform="none"`` (no transform parameters, kernel ``K0``), the
+    2D-kernel ``nn.Conv3d`` it equals with the same number of parameters.
 
     Args:
         in_channels: Number of input channels.
@@ -55,9 +60,11 @@ class TTConv3d(nn.Module):
         transform: ``"similarity"``: learnable scale, rotation, tx, ty per output channel per
             transition (paper Eq. 2, 4 parameters); ``"affine"``: the full 2x3 matrix (6);
             ``"none"``: no transform parameters, every slice is ``K0`` (the kernel the identity
-            transforms give, built by repetition without resampling).
+            transforms give, built by repetition without resampling). Always ``"none"`` when
+            ``T = 1`` (stored so in ``self.transform``).
         shared_transform: If True, one transform per output channel is reused for every
-            transition (the paper's ``W*H + 4`` variant). No effect with ``transform="none"``.
+            transition (the paper's ``W*H + 4`` variant). No effect with ``transform="none"``
+            (stored as given).
         device: Device of the parameters.
         dtype: Dtype of the parameters.
     """
@@ -102,7 +109,6 @@ class TTConv3d(nn.Module):
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         self.in_channels = in_channels
         self.out_channels = out_channels
-        # T >= 1 follows from the positivity check: T = 1 is a plain 2D kernel with no transform.
         self.kernel_size = _triple(kernel_size, "kernel_size", 1)
         self.stride = _triple(stride, "stride", 1)
         self.dilation = _triple(dilation, "dilation", 1)
@@ -119,7 +125,9 @@ class TTConv3d(nn.Module):
             self.padding = _triple(padding, "padding", 0)
         self.groups = groups
         self.padding_mode = padding_mode
-        self.transform = transform
+        # One slice has no transition to transform: every kind builds the kernel K0, so the layer
+        # is the "none" one (no zero-element transform parameters that could never learn).
+        self.transform = "none" if self.kernel_size[0] == 1 else transform
         self.shared_transform = shared_transform
         # F.pad amounts for the non-zero padding modes, computed once as nn.Conv3d does.
         self._reversed_padding_repeated_twice = self._explicit_padding()
@@ -129,13 +137,11 @@ class TTConv3d(nn.Module):
         base_shape = (out_channels, in_channels // groups, kH, kW)
         self.base = nn.Parameter(torch.empty(base_shape, **factory))
         n_transforms = 1 if shared_transform else T - 1
-        if T == 1:
-            n_transforms = 0  # a single slice has no transition to parameterize
-        if transform == "similarity":
+        if self.transform == "similarity":
             self.scale = nn.Parameter(torch.empty(out_channels, n_transforms, **factory))
             self.rotation = nn.Parameter(torch.empty(out_channels, n_transforms, **factory))
             self.translation = nn.Parameter(torch.empty(out_channels, n_transforms, 2, **factory))
-        elif transform == "affine":
+        elif self.transform == "affine":
             self.affine = nn.Parameter(torch.empty(out_channels, n_transforms, 2, 3, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()
@@ -189,13 +195,41 @@ class TTConv3d(nn.Module):
     def kernel(self) -> Tensor:
         """The built 3D kernel, shape ``(out_channels, in_channels/groups, T, kH, kW)``.
 
-        For ``transform="none"`` a read-only expanded view of ``K0`` (no copy, no resampling).
+        For ``transform="none"`` (and so ``T = 1``) a read-only expanded view of ``K0`` (no
+        copy, no resampling).
         """
         if self.transform == "none":
             # What identity transforms give (up to the rounding of the identity resampling),
             # without the T-1 grid_sample calls.
             return self.base.unsqueeze(2).expand(-1, -1, self.kernel_size[0], -1, -1)
         return build_tt_kernel(self.base, self.theta())
+
+    @property
+    def weight(self) -> Tensor:
+        """Read-only: the built kernel, ``(out_channels, in_channels/groups, T, kH, kW)``.
+
+        As ``nn.Conv3d.weight`` would be read, for code written for ``nn.Conv3d`` that reads the
+        kernel (visualization, FLOP counters, norms). Not a parameter: rebuilt from ``K0`` and the
+        transforms on every access (one :meth:`kernel` call; differentiable w.r.t. them) and
+        returned as a new tensor, so writing into it changes nothing. Initialize ``base`` and the
+        transforms instead (or call :meth:`reset_parameters`); assigning to ``weight`` raises
+        ``AttributeError``. TorchScript compiles it for scripted code that reads it; from Python,
+        call a scripted layer's :meth:`kernel` (PyTorch exposes a scripted module's properties as
+        ``property`` objects).
+        """
+        # A copy: kernel() is a view of base for transform="none", and a write into the weight
+        # must reach the parameters in no configuration rather than in some.
+        return self.kernel().clone()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # Module.__setattr__ would register a Parameter named "weight" (a KeyError about an
+        # existing attribute) or hit the property; say what to do instead.
+        if name == "weight":
+            raise AttributeError(
+                "TTConv3d.weight is read-only: it is built from base (K0) and the transforms on "
+                "every access; assign to those or call reset_parameters() instead"
+            )
+        super().__setattr__(name, value)
 
     def forward(self, input: Tensor) -> Tensor:
         """Args:
@@ -262,7 +296,8 @@ class TTConv3d(nn.Module):
         ``T * (K0 * x) = (sum_t W_t) * x`` (``*``: 2D correlation), exactly ``conv``'s response
         ``sum_t (W_t * x)``; ``sum_t W_t`` or ``T * mean`` as ``K0`` would scale it by ``T``.
         The mean is also the least-squares fit of a kernel constant in time to ``W``, and a
-        ``conv`` whose kernel is already constant in time is reproduced (to rounding).
+        ``conv`` whose kernel is already constant in time is reproduced (to rounding); so is
+        every ``conv`` with ``T = 1``, exactly (``K0`` is its one slice, no transform).
 
         Args:
             conv: The convolution to mirror (not modified).

@@ -1,4 +1,4 @@
-"""Tests of ``convert_conv3d``: every ``nn.Conv3d`` of a network becomes a ``TTConv3d``."""
+"""Tests of ``convert_conv3d``: every ``nn.Conv3d`` with ``T > 1`` becomes a ``TTConv3d``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from lightning_ttn import TTConv3d, convert_conv3d
+from lightning_ttn.convert import KEPT_TEMPORAL_SIZE_ONE
 
 F64 = torch.float64
 CONFIG = (
@@ -61,22 +62,42 @@ def convs(model: nn.Module, cls: type[nn.Module]) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, cls)}
 
 
-def test_converts_every_conv_of_an_r3d_in_place():
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def tt_params(conv: nn.Conv3d) -> int:
+    """Parameters of the similarity ``TTConv3d`` replacing ``conv``: K0, 4 per transition, bias."""
+    T, kH, kW = conv.kernel_size
+    bias = conv.out_channels if conv.bias is not None else 0
+    return conv.out_channels * (conv.in_channels // conv.groups * kH * kW + 4 * (T - 1)) + bias
+
+
+def test_converts_the_temporal_convs_of_an_r3d_in_place_and_keeps_the_1x1x1():
     torch.manual_seed(0)
     model = TinyR3D()
     before = convs(model, nn.Conv3d)
     others = {n: m for n, m in model.named_modules() if not isinstance(m, nn.Conv3d)}
     x = torch.randn(2, 3, 4, 16, 16)  # (B, C, D, H, W)
     expected_shape = model(x).shape
+    n_before = n_params(model)
 
-    converted = convert_conv3d(model)
+    conversion = convert_conv3d(model)
 
-    assert converted is model  # children replaced in place
+    assert conversion.module is model  # children replaced in place
+    shortcut = "stages.1.shortcut.0"  # the 1x1x1 projection
+    assert conversion.kept == {shortcut: KEPT_TEMPORAL_SIZE_ONE}
+    assert convs(model, nn.Conv3d) == {shortcut: before[shortcut]}  # the same object, untouched
     after = convs(model, TTConv3d)
-    assert len(before) == 7 and after.keys() == before.keys()
-    assert not convs(model, nn.Conv3d)
-    for name, conv in before.items():
-        layer = after[name]
+    assert len(before) == 7 and set(conversion.converted) == after.keys() == before.keys() - {
+        shortcut
+    }
+    assert conversion.summary() == (
+        "converted 6 nn.Conv3d to TTConv3d, kept 1 (temporal kernel size 1: nothing to factorize)"
+    )
+    for name, layer in after.items():
+        conv = before[name]
+        assert layer.kernel_size[0] > 1, name
         for field in CONFIG:
             assert getattr(layer, field) == getattr(conv, field), (name, field)
         assert (layer.bias is None) == (conv.bias is None), name
@@ -85,13 +106,25 @@ def test_converts_every_conv_of_an_r3d_in_place():
     for name, module in model.named_modules():
         if name in others:
             assert module is others[name], name
+    assert n_params(model) == n_before - sum(
+        n_params(before[name]) - tt_params(before[name]) for name in after
+    )
     out = model(x)
     assert out.shape == expected_shape
     out.square().sum().backward()
-    for name, layer in after.items():
-        assert layer.base.grad is not None and layer.base.grad.abs().sum() > 0, name
-        if layer.kernel_size[0] > 1:  # a 1x1x1 conv has no transition, hence no transform
-            assert layer.rotation.grad is not None, name
+    for name, p in model.named_parameters():
+        assert p.numel() > 0, name
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_a_temporal_size_one_conv_is_kept():
+    conv = nn.Conv3d(2, 4, (1, 3, 3))
+    conversion = convert_conv3d(conv)
+    assert conversion.module is conv and conversion.converted == ()
+    assert conversion.kept == {"": KEPT_TEMPORAL_SIZE_ONE}
+    assert conversion.summary() == (
+        "converted 0 nn.Conv3d to TTConv3d, kept 1 (temporal kernel size 1: nothing to factorize)"
+    )
 
 
 def test_temporally_constant_kernels_are_reproduced():
@@ -109,14 +142,16 @@ def test_temporally_constant_kernels_are_reproduced():
 
 
 def test_transform_arguments_are_passed_on():
-    model = convert_conv3d(TinyR3D(), transform="affine", shared_transform=True)
+    model = convert_conv3d(TinyR3D(), transform="affine", shared_transform=True).module
     layers = convs(model, TTConv3d).values()
     assert all(layer.transform == "affine" and layer.shared_transform for layer in layers)
 
 
 def test_a_conv_is_returned_as_a_new_layer():
     conv = nn.Conv3d(2, 4, 3, padding="valid", dtype=F64)
-    layer = convert_conv3d(conv)
+    conversion = convert_conv3d(conv)
+    layer = conversion.module
+    assert conversion.converted == ("",) and conversion.kept == {}
     assert type(layer) is TTConv3d and isinstance(conv, nn.Conv3d)
     assert layer.padding == "valid" and layer.base.dtype == F64
 
@@ -125,15 +160,22 @@ def test_shared_conv_stays_shared():
     conv = nn.Conv3d(2, 2, 3, padding=1)
     model = nn.Sequential(conv, nn.ReLU(), conv)
     model.add_module("again", conv)  # the same conv under a third name
-    convert_conv3d(model)
+    model.add_module("pointwise", nn.Conv3d(2, 2, 1))
+    model.add_module("pointwise_again", model.pointwise)
+    conversion = convert_conv3d(model)
     assert isinstance(model[0], TTConv3d) and model[0] is model[2] is model.again
+    assert conversion.converted == ("0",)  # once, under its first name
+    assert conversion.kept == {"pointwise": KEPT_TEMPORAL_SIZE_ONE}
+    assert type(model.pointwise) is nn.Conv3d and model.pointwise is model.pointwise_again
 
 
 def test_model_without_conv3d_is_unchanged():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), TTConv3d(4, 4, 3))
     children = list(model.children())
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    assert convert_conv3d(model) is model
+    conversion = convert_conv3d(model)
+    assert conversion.module is model and conversion.converted == () and conversion.kept == {}
+    assert conversion.summary() == "converted 0 nn.Conv3d to TTConv3d"
     assert list(model.children()) == children
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key])

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
@@ -100,10 +101,11 @@ def test_to_conv3d_is_equivalent(c_in, c_out, k, kwargs, shape):
 # --- gradients ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("kernel_size", [(3, 3, 3), (1, 3, 3)])
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_gradcheck_wrt_input_base_transform_and_bias(variant):
+def test_gradcheck_wrt_input_base_transform_and_bias(variant, kernel_size):
     torch.manual_seed(0)
-    layer = TTConv3d(2, 2, (3, 3, 3), padding=1, dtype=F64, **VARIANTS[variant])
+    layer = TTConv3d(2, 2, kernel_size, padding=1, dtype=F64, **VARIANTS[variant])
     # Non-degenerate transforms: sample points off pixel boundaries (bilinear kinks).
     perturb_transforms(layer, 0.15, seed=1)
     names = [n for n, _ in layer.named_parameters()]
@@ -205,10 +207,62 @@ def test_translation_parameter_is_tx_then_ty():
     torch.testing.assert_close(slice1[..., :-1, :], layer.base[..., 1:, :], atol=1e-12, rtol=0)
 
 
-def test_temporal_size_one_is_a_2d_kernel():
-    layer = TTConv3d(2, 3, (1, 3, 3), shared_transform=True)
+# --- temporal size 1: a 2D kernel, nothing to transform ----------------------------------------
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_temporal_size_one_has_no_transform_parameters(variant):
+    # Asked for any transform, a single slice gets none: no zero-element parameters that could
+    # never receive a gradient.
+    layer = TTConv3d(2, 3, (1, 3, 3), padding=(0, 1, 1), **VARIANTS[variant])
+    assert layer.transform == "none"
+    assert {n for n, _ in layer.named_parameters()} == {"base", "bias"}
+    assert layer.state_dict().keys() == {"base", "bias"}
+    assert all(p.numel() > 0 for p in layer.parameters())
     assert layer.theta().shape == (3, 0, 2, 3)
-    torch.testing.assert_close(layer.kernel(), layer.base[:, :, None], atol=0, rtol=0)
+    layer(torch.randn(2, 2, 4, 5, 5)).square().sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    shared = variant.startswith("shared")
+    assert layer.extra_repr() == (
+        "2, 3, kernel_size=(1, 3, 3), padding=(0, 1, 1), transform='none'"
+        + (", shared_transform=True" if shared else "")
+    )
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("kwargs", [{}, {"stride": 2, "padding": (0, 1, 1), "groups": 2}])
+def test_temporal_size_one_is_the_conv3d_with_k0(variant, kwargs):
+    torch.manual_seed(0)
+    layer = TTConv3d(4, 6, (1, 3, 3), dtype=F64, **kwargs, **VARIANTS[variant])
+    assert torch.equal(layer.kernel(), layer.base.unsqueeze(2))  # (6, 4/groups, 1, 3, 3)
+    x = torch.randn(2, 4, 3, 7, 7, dtype=F64)
+    expected = F.conv3d(
+        x, layer.base.unsqueeze(2), layer.bias, layer.stride, layer.padding, layer.dilation,
+        layer.groups,
+    )
+    torch.testing.assert_close(layer(x), expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_temporal_size_one_round_trips_through_conv3d_exactly(variant):
+    conv = nn.Conv3d(4, 6, (1, 3, 3), padding=(0, 1, 1), groups=2, dtype=F64)
+    layer = TTConv3d.from_conv3d(conv, **VARIANTS[variant])
+    assert layer.transform == "none" and {n for n, _ in layer.named_parameters()} == {
+        "base", "bias",
+    }
+    assert torch.equal(layer.base, conv.weight[:, :, 0])  # the one slice, exactly
+    back = layer.to_conv3d()
+    assert torch.equal(back.weight, conv.weight) and torch.equal(back.bias, conv.bias)
+    x = torch.randn(1, 4, 3, 5, 5, dtype=F64)
+    torch.testing.assert_close(layer(x), conv(x), atol=0, rtol=0)
+    # state_dict round trip into a layer asked for another transform
+    other = TTConv3d(4, 6, (1, 3, 3), padding=(0, 1, 1), groups=2, dtype=F64)
+    other.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(other(x), conv(x), atol=0, rtol=0)
+    other.reset_parameters()
+    assert {n for n, _ in other.named_parameters()} == {"base", "bias"}
+    assert not torch.equal(other.base, layer.base)
 
 
 def test_base_init_std_matches_documented_value():
@@ -262,6 +316,56 @@ def test_extra_repr_shows_non_default_fields_only():
     )
 
 
+# --- weight: the built kernel, read as nn.Conv3d.weight ----------------------------------------
+
+
+@pytest.mark.parametrize("c_in, c_out, k, kwargs, shape", CASES)
+def test_weight_is_the_kernel_shaped_as_conv3d_weight(c_in, c_out, k, kwargs, shape):
+    layer = TTConv3d(c_in, c_out, k, dtype=F64, **kwargs)
+    perturb_transforms(layer, 0.3)
+    weight = layer.weight
+    assert weight.shape == nn.Conv3d(c_in, c_out, k, **conv_kwargs(kwargs)).weight.shape
+    assert torch.equal(weight, layer.kernel())
+    # Code that convolves with .weight as it would for an nn.Conv3d gets the layer's output.
+    x = torch.randn(shape, dtype=F64)
+    torch.testing.assert_close(layer.to_conv3d()._conv_forward(x, weight, layer.bias), layer(x))
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_weight_is_differentiable_and_not_a_parameter(variant):
+    layer = TTConv3d(2, 3, 3, **VARIANTS[variant])
+    perturb_transforms(layer, 0.2)
+    assert "weight" not in dict(layer.named_parameters()) and "weight" not in layer.state_dict()
+    assert not isinstance(layer.weight, nn.Parameter)
+    layer.weight.square().sum().backward()
+    for name, p in layer.named_parameters():
+        if name != "bias":
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert layer.bias.grad is None
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("k", [3, (1, 3, 3)])
+def test_writing_into_weight_changes_no_parameter(variant, k):
+    # Also where kernel() is a view of K0 (transform="none", T = 1): the weight is a copy.
+    layer = TTConv3d(2, 3, k, **VARIANTS[variant])
+    before = {n: p.clone() for n, p in layer.named_parameters()}
+    with torch.no_grad():
+        layer.weight.zero_()
+    for name, p in layer.named_parameters():
+        assert torch.equal(p, before[name]), name
+
+
+@pytest.mark.parametrize("value", [torch.zeros(3), nn.Parameter(torch.zeros(3)), None])
+def test_assigning_weight_raises(value):
+    layer = TTConv3d(2, 3, 3)
+    with pytest.raises(AttributeError, match="TTConv3d.weight is read-only: it is built from base"):
+        layer.weight = value
+    assert {n for n, _ in layer.named_parameters()} == {
+        "base", "scale", "rotation", "translation", "bias",
+    }
+
+
 # --- argument errors ---------------------------------------------------------------------------
 
 
@@ -280,6 +384,7 @@ def test_extra_repr_shows_non_default_fields_only():
         ((2, 4, 3), {"dilation": (1, 0, 1)}, "dilation must be an int >= 1"),
         ((2, 4, 3), {"padding": -1}, "padding must be an int >= 0"),
         ((2, 4, 3), {"transform": "projective"}, "transform must be one of"),
+        ((2, 4, (1, 3, 3)), {"transform": "projective"}, "transform must be one of"),
         ((2, 4, 3), {"padding": "full"}, "padding must be one of"),
         ((2, 4, 3), {"padding": "same", "stride": 2}, "padding='same' needs stride 1"),
         ((2, 4, 3), {"padding_mode": "mirror"}, "padding_mode must be one of"),
@@ -458,6 +563,29 @@ def test_torchscript_matches_eager(variant, kwargs):
     grads = torch.autograd.grad(scripted(x).square().sum(), [x, *scripted.parameters()])
     expected_grads = torch.autograd.grad(expected.square().sum(), [x, *layer.parameters()])
     torch.testing.assert_close(grads, expected_grads, atol=1e-12, rtol=0)
+
+
+class ReadsWeight(nn.Module):
+    """Reads its conv's ``weight`` in forward, as code written for ``nn.Conv3d`` does."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__()
+        self.conv = TTConv3d(2, 3, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + self.conv.weight.square().sum()
+
+
+@ignore_jit_deprecation
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("k", [3, (1, 3, 3)])
+def test_torchscript_compiles_weight(variant, k):
+    torch.manual_seed(0)
+    model = ReadsWeight(kernel_size=k, padding=1, dtype=F64, **VARIANTS[variant])
+    perturb_transforms(model.conv, 0.3)
+    scripted = torch.jit.script(model)
+    x = torch.randn(1, 2, 4, 5, 6, dtype=F64)
+    torch.testing.assert_close(scripted(x), model(x), atol=1e-12, rtol=0)
 
 
 @ignore_jit_deprecation
