@@ -87,3 +87,20 @@ def test_extra_rows_are_paired_with_the_table(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         main([str(tmp_path / "main"), "--add", "no-colon"])
     assert "--add must be LABEL=DIR:FAMILY" in capsys.readouterr().err
+
+
+def test_the_paired_difference_interval_is_scipys() -> None:
+    from scipy import stats
+
+    from lightning_ttn.protocol.statistics import Selection, paired_difference_ci
+
+    def selection(accs: dict[int, float]) -> Selection:
+        return Selection("c", 0.5, accs, 1, (), {})
+
+    a = selection({0: 0.80, 1: 0.75, 2: 0.90, 3: 0.70, 9: 0.5})
+    b = selection({0: 0.78, 1: 0.70, 2: 0.86, 3: 0.71})
+    low, high = paired_difference_ci(a, b)
+    diffs = [0.02, 0.05, 0.04, -0.01]
+    expected = stats.ttest_1samp(diffs, 0.0).confidence_interval(0.95)
+    assert (low, high) == pytest.approx((expected.low, expected.high))
+    assert all(map(math.isnan, paired_difference_ci(a, selection({0: 0.1}))))

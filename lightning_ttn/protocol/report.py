@@ -34,6 +34,7 @@ from lightning_ttn.protocol.statistics import (
     Selection,
     health_summary,
     holm,
+    paired_difference_ci,
     paired_t_test,
     select_configurations,
 )
@@ -50,7 +51,8 @@ STATISTICS_NOTE = (
     "accuracy of its "
     "runs; std err: std (ddof=1) / sqrt(runs). p: paired two-sided t-test "
     "(scipy.stats.ttest_rel) of the test accuracies against the reference family over the runs "
-    "both have (run r of every family is trained on the same videos); p Holm: Holm-adjusted "
+    "both have (run r of every family is trained on the same videos), with the 95% confidence "
+    "interval of the mean paired difference (Student t); p Holm: Holm-adjusted "
     f"over all comparisons of the table; * if p Holm < {SIGNIFICANCE_LEVEL}; n/a with fewer "
     "than 2 paired runs."
 )
@@ -87,7 +89,8 @@ def table_rows(
                 "mean_val_acc": selection.mean_val_acc,
                 "mean_acc": selection.mean, "stderr": selection.stderr,
                 "runs": len(selection.test_accs), "params": selection.num_parameters,
-                "diff_vs_reference": math.nan, "paired_runs": 0, "p_value": math.nan,
+                "diff_vs_reference": math.nan, "diff_ci95_low": math.nan,
+                "diff_ci95_high": math.nan, "paired_runs": 0, "p_value": math.nan,
             }
             other = selections.get((reference, size))
             if family != reference and other is not None:
@@ -96,6 +99,8 @@ def table_rows(
                 if shared:
                     row["diff_vs_reference"] = float(np.mean(
                         [selection.test_accs[r] - other.test_accs[r] for r in shared]))
+                    row["diff_ci95_low"], row["diff_ci95_high"] = paired_difference_ci(
+                        selection, other)
             summary = selection.candidates.get(selection.candidate)
             row["diverged_runs"] = sum(r.failed for r in selection.records)
             row["runs_at_chance"] = summary.at_chance if summary else 0
@@ -152,6 +157,7 @@ def markdown_table(
     """The table in Markdown, the paper's numbers alongside, the grid, notes, missing runs."""
     lines = [
         f"| train videos | family | mean acc | std err | runs | params | diff vs {reference} "
+        "[95% CI] "
         "| p | p Holm | sig | paper (params) | selected |",
         "|---:|:---|---:|---:|---:|---:|---:|---:|---:|:---:|---:|:---|",
     ]
@@ -161,10 +167,12 @@ def markdown_table(
             paper = (f"{row['paper_mean_acc']:.3f} ± {row['paper_stderr']:.4f} "
                      f"({row['paper_params']:,})")
         diff = row["diff_vs_reference"]
+        interval = ("" if math.isnan(row["diff_ci95_low"]) else
+                    f" [{row['diff_ci95_low']:+.3f}, {row['diff_ci95_high']:+.3f}]")
         lines.append("| " + " | ".join([
             str(row["train_videos"]), row["family"], _fmt(row["mean_acc"], 3),
             _fmt(row["stderr"], 4), str(row["runs"]), f"{row['params']:,}",
-            "" if math.isnan(diff) else f"{diff:+.3f}", _fmt(row["p_value"], 4),
+            "" if math.isnan(diff) else f"{diff:+.3f}{interval}", _fmt(row["p_value"], 4),
             _fmt(row["p_holm"], 4), "*" if row["significant"] else "", paper,
             row["configuration"],
         ]) + " |")

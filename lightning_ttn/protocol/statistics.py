@@ -267,6 +267,19 @@ def paired_t_test(first: Selection, second: Selection) -> tuple[float, int]:
         return float(stats.ttest_rel(a, b).pvalue), len(shared)
 
 
+def paired_difference_ci(first: Selection, second: Selection, level: float = 0.95
+                         ) -> tuple[float, float]:
+    """Confidence interval of the mean paired difference ``first - second`` of test accuracy
+    over the runs both have (Student t with n - 1 degrees of freedom; NaNs below 2 runs)."""
+    shared = sorted(first.test_accs.keys() & second.test_accs.keys())
+    if len(shared) < 2:
+        return math.nan, math.nan
+    diffs = np.array([first.test_accs[r] - second.test_accs[r] for r in shared])
+    half = (stats.t.ppf(0.5 + level / 2, len(diffs) - 1) * diffs.std(ddof=1)
+            / math.sqrt(len(diffs)))
+    return float(diffs.mean() - half), float(diffs.mean() + half)
+
+
 def holm(p_values: list[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values (NaNs stay NaN and do not count as tests)."""
     order = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
