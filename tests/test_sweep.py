@@ -405,14 +405,6 @@ def test_auto_source_is_resolved_once_and_sizes_checked_against_it(
         check_sizes(resolve_source(too_big))
 
 
-def test_sweep_vocabularies_match_the_data_package() -> None:
-    from lightning_ttn.data import MOTIONS
-    from lightning_ttn.data.mnist import SOURCES
-    from lightning_ttn.protocol import schema
-
-    assert schema.MOTIONS == tuple(MOTIONS) and schema.SOURCES == tuple(SOURCES)
-
-
 def test_a_binary_sweep_file_gets_a_clear_error(tmp_path: Path, capsys) -> None:
     path = tmp_path / "weights.bin"
     path.write_bytes(bytes(range(256)) * 4)

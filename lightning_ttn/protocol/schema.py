@@ -44,15 +44,12 @@ from typing import Any
 
 import yaml
 
+from lightning_ttn.data import MOTIONS, SOURCES
 from lightning_ttn.models import FAMILIES, Family
 from lightning_ttn.training.recipe import FIELDS as RECIPE_FIELDS
 from lightning_ttn.training.recipe import Recipe
 
 NUM_CLASSES = 10
-# The data package owns these vocabularies; it imports Lightning (its DataModule), which the
-# report must not, so they are restated here and a test keeps them equal.
-SOURCES = ("auto", "embedded", "mnist", "download")
-MOTIONS = ("table1", "authors")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 # Keys that may differ when a sweep is resumed in the same output directory: they change where
 # or how fast runs happen, or add runs, never what a finished run means.
