@@ -20,6 +20,7 @@ import errno
 import json
 import logging
 import math
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -388,7 +389,10 @@ def main(argv: list[str] | None = None) -> None:
     except SweepConfigError as e:
         parser.exit(2, f"error: {e}\n")
     if args.dry_run:
-        _print_plan(config, shard)
+        try:
+            _print_plan(config, shard)
+        except BrokenPipeError:  # `--dry-run | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
     if args.threads:
         torch.set_num_threads(args.threads)
