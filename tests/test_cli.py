@@ -207,6 +207,16 @@ def test_a_refused_checkpoint_is_a_short_error_and_runs_nothing(tmp_path, subcom
     assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) <= 8, proc.stderr
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+def test_predict_refuses_several_processes(tmp_path, strategy):
+    two = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", strategy]
+    proc = run_cli("predict", "--config", SMOKE, *two, cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert re.search(r"^error: predict runs in one process .*got 2 processes: use "
+                     r"--trainer.devices 1$", proc.stderr, re.MULTILINE), proc.stderr
+    assert not (tmp_path / "data").exists()  # refused before the data are rendered
+
+
 def test_ddp_two_cpu_processes_share_the_cache_and_sync_metrics(tmp_path):
     ddp = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
     fit = run_cli("fit", "--config", SMOKE, *ddp, cwd=tmp_path)

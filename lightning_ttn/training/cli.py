@@ -153,6 +153,15 @@ class VideoCLI(LightningCLI):
              **kwargs: Any) -> None:
         self.trainer.test(model, datamodule=datamodule, weights_only=True, **kwargs)
 
+    def before_predict(self) -> None:
+        # Each process would predict its share of the clips and only one would write.
+        processes = self.trainer.num_devices * self.trainer.num_nodes
+        if processes > 1:
+            raise ValueError(
+                f"predict runs in one process (one predictions.csv of every test clip), got "
+                f"{processes} processes: use --trainer.devices 1"
+            )
+
     def predict(self, model: VideoClassifier, datamodule: LightningDataModule | None = None,
                 **kwargs: Any) -> None:
         """Predicts the test clips and writes ``predictions.csv`` (clip index in the test split,
