@@ -187,6 +187,15 @@ def test_bad_init_args_are_refused(genuine, tmp_path, init_args, message):
         VideoClassifier.load_from_checkpoint(str(path))
 
 
+def test_a_bad_recipe_is_refused(genuine, tmp_path):
+    checkpoint = _contents(genuine[0])
+    checkpoint["hyper_parameters"]["recipe"]["learning_rate"] = 0.1
+    path = _write(tmp_path / "bad.ckpt", checkpoint)
+    with pytest.raises(CheckpointError, match=rf"checkpoint {re.escape(str(path))}: unknown "
+                       r"recipe field\(s\) \['learning_rate'\]"):
+        VideoClassifier.load_from_checkpoint(str(path))
+
+
 def test_missing_and_unreadable_files_get_short_errors(tmp_path):
     with pytest.raises(CheckpointError, match=rf"checkpoint {tmp_path}/none.ckpt: no such file"):
         load_checkpoint(tmp_path / "none.ckpt")

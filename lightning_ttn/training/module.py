@@ -15,7 +15,12 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_ttn.layers import TTConv3d
 from lightning_ttn.models import VideoNetwork
-from lightning_ttn.training.checkpoint import build_network, load_checkpoint, plain_hyperparameters
+from lightning_ttn.training.checkpoint import (
+    CheckpointError,
+    build_network,
+    load_checkpoint,
+    plain_hyperparameters,
+)
 from lightning_ttn.training.recipe import Recipe
 from lightning_ttn.training.schedules import HalveEveryTenEpochs
 
@@ -205,7 +210,10 @@ class VideoClassifier(LightningModule):
         if "recipe" not in kwargs and isinstance(hparams.get("recipe"), dict) and (
             "_instantiator" not in hparams
         ):
-            kwargs["recipe"] = Recipe(**hparams["recipe"])
+            try:
+                kwargs["recipe"] = DEFAULT_RECIPE.replace(**hparams["recipe"])
+            except ValueError as e:
+                raise CheckpointError(f"checkpoint {checkpoint_path}: {e}") from None
         return super().load_from_checkpoint(
             checkpoint_path, map_location=map_location, weights_only=True, **kwargs
         )
