@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_ttn.training.module import VideoClassifier
@@ -148,6 +149,15 @@ def test_help_is_documented(tmp_path):
         (["--model.model", "foo.Bar"], r"allowed networks: lightning_ttn.models.LeNet5"),
         (["--data.source", "imagenet"], r"Literal\['auto', 'embedded', .*Got value: imagenet"),
         (["--model.recipe.lr_schedule", "cosine"], r"Literal\['plateau', .*Got value: cosine"),
+        # Lightning's own refusals of trainer settings, reported like ours (issue 20)
+        pytest.param(["--trainer.accelerator", "gpu"], r"trainer settings refused \(accelerator="
+                     r"'gpu', .*No supported gpu backend found! Accelerators available here: cpu",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU")),
+        (["--trainer.devices", "0"], r"devices='0'.*not a valid input .*available here: "),
+        # spawned workers hand back no training history: refused before training (issue 20)
+        *[(["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy",
+            strategy], rf"trainer.strategy='{strategy}' is not supported by fit: .* use "
+           r"--trainer.strategy ddp") for strategy in ("ddp_spawn", "ddp_notebook")],
     ],
 )
 def test_bad_config_values_fail_with_a_clear_message(tmp_path, override, message):
@@ -156,6 +166,55 @@ def test_bad_config_values_fail_with_a_clear_message(tmp_path, override, message
     assert re.search(message, proc.stderr), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) <= 8, proc.stderr
     assert not (tmp_path / "lightning_logs").exists()  # checked before the logger writes
+
+
+class Payload:
+    """Unpickles into ``function(*args)``."""
+
+    def __init__(self, function, *args) -> None:
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+@pytest.mark.parametrize(
+    ("subcommand", "payload"),
+    [("test", "pickle"), ("predict", "pickle"), ("fit", "class_path"), ("validate", "class_path"),
+     ("test", "hparams")],
+)
+def test_a_refused_checkpoint_is_a_short_error_and_runs_nothing(tmp_path, subcommand, payload):
+    marker = tmp_path / "marker"
+    touch = f"touch {marker}"
+    evil = tmp_path / "evil.ckpt"
+    if payload == "pickle":
+        torch.save({"state_dict": {}, "extra": Payload(os.system, touch)}, evil)
+        reason = r"it needs GLOBAL posix.system to load \(only tensors and plain data"
+    elif payload == "class_path":
+        network = {"class_path": "subprocess.call", "init_args": {"args": touch, "shell": True}}
+        torch.save({"state_dict": {}, "network": network}, evil)
+        reason = r"network class_path 'subprocess.call' is not an imported VideoNetwork subclass"
+    else:  # LightningCLI parses hparams into the config: jsonargparse imports class paths
+        torch.save({"state_dict": {}, "hyper_parameters": {"recipe": {"class_path": "this.X"}}},
+                   evil)
+        reason = r"hyper_parameters.recipe.class_path names a class"
+    proc = run_cli(subcommand, "--config", SMOKE, "--ckpt_path", str(evil), cwd=tmp_path,
+                   check=False)
+    assert proc.returncode == 1 and not marker.exists()
+    assert "The Zen of Python" not in proc.stdout  # what importing `this` prints
+    assert re.search(rf"^error: checkpoint {re.escape(str(evil))} refused: {reason}",
+                     proc.stderr, re.MULTILINE), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) <= 8, proc.stderr
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+def test_predict_refuses_several_processes(tmp_path, strategy):
+    two = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", strategy]
+    proc = run_cli("predict", "--config", SMOKE, *two, cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert re.search(r"^error: predict runs in one process .*got 2 processes: use "
+                     r"--trainer.devices 1$", proc.stderr, re.MULTILINE), proc.stderr
+    assert not (tmp_path / "data").exists()  # refused before the data are rendered
 
 
 def test_ddp_two_cpu_processes_share_the_cache_and_sync_metrics(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Any
 
@@ -16,6 +15,12 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_ttn.layers import TTConv3d
 from lightning_ttn.models import VideoNetwork
+from lightning_ttn.training.checkpoint import (
+    CheckpointError,
+    build_network,
+    load_checkpoint,
+    plain_hyperparameters,
+)
 from lightning_ttn.training.recipe import Recipe
 from lightning_ttn.training.schedules import HalveEveryTenEpochs
 
@@ -195,21 +200,38 @@ class VideoClassifier(LightningModule):
     def load_from_checkpoint(  # type: ignore[override]
         cls, checkpoint_path: str, map_location: Any = None, **kwargs: Any
     ) -> VideoClassifier:
-        """Lightning's ``load_from_checkpoint``; without ``model=`` the network is rebuilt from
-        the class path and ``init_args`` the checkpoint carries."""
+        """Lightning's ``load_from_checkpoint`` with ``weights_only=True`` only: a checkpoint
+        holding anything but tensors and plain data is refused (it could run code). Without
+        ``model=`` the network is rebuilt from the class path and ``init_args`` the checkpoint
+        carries, which must name an imported ``VideoNetwork`` subclass.
+
+        Raises:
+            CheckpointError: the checkpoint is refused (the message says why).
+        """
+        if kwargs.pop("weights_only", True) is not True:
+            raise ValueError("VideoClassifier loads checkpoints with weights_only=True only")
+        checkpoint = load_checkpoint(checkpoint_path)
         if "model" not in kwargs:
-            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-            network = checkpoint.get("network")
-            if network is None:
-                raise ValueError(
-                    f"{checkpoint_path} carries no network description: pass model=..."
-                )
-            module_name, _, class_name = network["class_path"].rpartition(".")
-            network_class = getattr(importlib.import_module(module_name), class_name)
-            kwargs["model"] = network_class(**network["init_args"])
-        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, **kwargs)
+            kwargs["model"] = build_network(checkpoint, checkpoint_path)
+        # Checkpoints written from Python (no LightningCLI instantiator) hold the recipe as a
+        # dict: the constructor needs the dataclass.
+        hparams = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY, {})
+        if "recipe" not in kwargs and isinstance(hparams.get("recipe"), dict) and (
+            "_instantiator" not in hparams
+        ):
+            try:
+                kwargs["recipe"] = DEFAULT_RECIPE.replace(**hparams["recipe"])
+            except ValueError as e:
+                raise CheckpointError(f"checkpoint {checkpoint_path}: {e}") from None
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location=map_location, weights_only=True, **kwargs
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Plain types only, so that the checkpoint loads with weights_only=True.
+        for key in (self.CHECKPOINT_HYPER_PARAMS_KEY, "datamodule_hyper_parameters"):
+            if key in checkpoint:
+                checkpoint[key] = plain_hyperparameters(checkpoint[key])
         if isinstance(self.model, VideoNetwork):
             network = type(self.model)
             checkpoint["network"] = {
