@@ -3,17 +3,17 @@
 For each model (``--models``, default: every family and width of ``--sweep``) the same runs
 (``subset_seed = r``, ``init_seed = r``, ``--train-videos`` videos, ``--epochs`` epochs with a
 validation each on ``--val-videos`` clips, a test on ``--test-videos``) are trained, in the same
-process and on the same device:
+process and on the same device, each built as the sweep builds it (``build_run``: the run's
+``train.py fit`` config parsed by ``VideoCLI``, included in the time):
 
-* **stacked**: ``R`` runs as one stack (``train_stacked_specs``), for each ``R`` of ``--members``;
-  s/run is the stack's wall time (data staging included) divided by ``R``;
-* **loop**: runs one by one through the same ``train_stacked_specs`` with ``R = 1``
-  (``--loop-runs`` of them, mean), and
-* **Lightning**: runs one by one through the sweep's real single-run path: ``VideoClassifier``
-  (initialized as the sweep does), ``VideoMNISTDataModule`` and a ``Trainer`` (as
-  ``train_one``'s config: no logger, checkpoints or progress bar) passed to ``fit_and_test``;
-  only the ``LightningCLI`` parsing of ``train_one`` is left out. ``--loop lightning`` or
-  ``stacked1`` keeps one of the two.
+* **stacked**: ``R`` runs as one ``StackedClassifier`` under the first run's ``Trainer``
+  (``fit_and_test_stack``, what ``train_stack`` runs), for each ``R`` of ``--members``; s/run
+  is the stack's wall time divided by ``R``;
+* **stacked1**: runs one by one as stacks of one (what a sweep with ``stack: 1`` runs;
+  ``--loop-runs`` of them, mean), and
+* **lightning**: runs one by one as ``train.py fit`` trains them: one ``VideoClassifier``
+  through ``fit_and_test`` (automatic optimization, per-step logging and metrics).
+  ``--loop lightning`` or ``stacked1`` keeps one of the two.
 
 Times include a device synchronization. An untimed 1-epoch run of every configuration comes
 first (``--no-warmup`` skips it). The last table extrapolates the measured per-clip costs (training
@@ -21,8 +21,8 @@ clip, evaluation clip, per member) and the per-stack setup to ``--sweep`` (defau
 600 runs of 100 epochs): each group of runs of one candidate and size as stacks of ``R``,
 validation every ``val_every_n_epochs`` on the whole split (10,000 clips for full MNIST).
 
-    python benchmarks/stacked.py --members 1 2 --epochs 1 --device cpu --models 3DTTN:4,14 \\
-        --train-videos 20 --val-videos 20 --test-videos 20           # seconds, CPU
+    python benchmarks/stacked.py --members 1 2 --epochs 1 --device cpu --threads 1 \\
+        --train-videos 20 --val-videos 50 --test-videos 50 --loop-runs 1   # seconds, CPU
     python benchmarks/stacked.py --members 1 8 30 --device cuda --epochs 2 --train-videos 100
 """
 
@@ -38,15 +38,14 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from pytorch_lightning import Trainer
+from pytorch_lightning import Callback, LightningModule, Trainer
 
-from lightning_ttn.data import VideoMNISTDataModule
 from lightning_ttn.data.mnist import SPLIT_SIZES
 from lightning_ttn.models import FAMILIES
+from lightning_ttn.protocol.runner import build_run
 from lightning_ttn.protocol.schema import RunSpec, SweepConfig, load_config, parse_config, plan_runs
-from lightning_ttn.protocol.stacking import build_member, train_stacked_specs
-from lightning_ttn.training.run import fit_and_test
-from lightning_ttn.training.stacked import member_bytes
+from lightning_ttn.training.run import fit_and_test, fit_and_test_stack
+from lightning_ttn.training.stacked import StackedClassifier, StackedDataModule, member_bytes
 
 
 @dataclass
@@ -78,15 +77,58 @@ def _config(args: argparse.Namespace, family: str, channels: tuple[int, int], ru
     })
 
 
+class PhaseTimer(Callback):
+    """Seconds spent in training, validation and test (device synchronized at each boundary)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = {"train": 0.0, "val": 0.0, "test": 0.0}
+        self._started: dict[str, float] = {}
+
+    def _start(self, phase: str) -> None:
+        _sync(self.device)
+        self._started[phase] = time.perf_counter()
+
+    def _stop(self, phase: str) -> None:
+        _sync(self.device)
+        self.seconds[phase] += time.perf_counter() - self._started.pop(phase)
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start("train")
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._stop("train")  # validation ran inside: subtracted below
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start("val")
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._stop("val")
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start("test")
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._stop("test")
+
+
 def _stacked(specs: list[RunSpec], config: SweepConfig, device: torch.device) -> Measure:
+    """One stack of ``specs`` as the sweep trains it (``train_stack`` without the records)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    timings: dict[str, float] = {}
     _sync(device)
     start = time.perf_counter()
-    train_stacked_specs(specs, config, device, timings=timings)
+    runs = [build_run(spec, config) for spec in specs]
+    trainer = runs[0][2]
+    timer = PhaseTimer(device)
+    trainer.callbacks.append(timer)
+    stack = StackedClassifier([module for module, _, _ in runs])
+    fit_and_test_stack(trainer, stack, StackedDataModule([dm for _, dm, _ in runs]),
+                       verbose=False)
     _sync(device)
     wall = time.perf_counter() - start
+    seconds = timer.seconds
+    train = seconds["train"] - seconds["val"]
     recipe, size = specs[0].recipe, len(specs)
     train_clips = recipe.epochs * specs[0].train_videos * size
     validations = recipe.epochs // recipe.val_every_n_epochs
@@ -94,32 +136,20 @@ def _stacked(specs: list[RunSpec], config: SweepConfig, device: torch.device) ->
     return Measure(
         per_run_s=wall / size,
         members=size,
-        train_clip_s=timings["train"] / train_clips,
-        eval_clip_s=(timings["val"] + timings["test"]) / (val_clips + (config.test_videos or 0)
-                                                           * size),
-        setup_s=wall - timings["train"] - timings["val"] - timings["test"],
+        train_clip_s=train / train_clips,
+        eval_clip_s=(seconds["val"] + seconds["test"]) / (val_clips + (config.test_videos or 0)
+                                                          * size),
+        setup_s=wall - train - seconds["val"] - seconds["test"],
         peak_mib=(torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
                   else math.nan),
     )
 
 
 def _lightning(spec: RunSpec, config: SweepConfig, device: torch.device) -> float:
-    """Seconds of one run through the single-run path (``train_one`` without the CLI)."""
+    """Seconds of one run as ``train.py fit`` trains it: one ``VideoClassifier``."""
     _sync(device)
     start = time.perf_counter()
-    module = build_member(spec)
-    datamodule = VideoMNISTDataModule(
-        data_dir=config.data_dir, source=config.source, train_videos=spec.train_videos,
-        val_videos=config.val_videos, test_videos=config.test_videos, subset_seed=spec.run,
-        batch_size=spec.batch_size, num_workers=config.num_workers,
-        render_seed=config.render_seed, mnist_dir=config.mnist_dir, motion=config.motion,
-    )
-    trainer = Trainer(
-        accelerator=config.accelerator, devices=1, max_epochs=spec.recipe.epochs,
-        check_val_every_n_epoch=spec.recipe.val_every_n_epochs, num_sanity_val_steps=0,
-        deterministic=config.deterministic, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )
+    module, datamodule, trainer = build_run(spec, config)
     fit_and_test(trainer, module, datamodule, init_seed=spec.init_seed, verbose=False)
     _sync(device)
     return time.perf_counter() - start
@@ -206,7 +236,7 @@ def main() -> None:
                 short = _config(args, family, channels, max(members), output_dir)
                 short = parse_config({**short.to_dict(), "epochs": 1})
                 for r in members:
-                    train_stacked_specs(plan_runs(short)[:r], short, device)
+                    _stacked(plan_runs(short)[:r], short, device)
                 if "lightning" in args.loop:
                     _lightning(plan_runs(short)[0], short, device)
             loop = {}
@@ -243,12 +273,12 @@ def main() -> None:
     for r in members:
         seconds, runs, missing = _estimate(sweep, stacked_at[r])
         note = f" (runs of unmeasured models left out: {', '.join(missing)})" if missing else ""
-        label = "one by one (R=1, stacked path)" if r == 1 else f"stacks of R={r}"
+        label = "one by one (stacks of R=1)" if r == 1 else f"stacks of R={r}"
         print(f"  {label:<32} {runs} runs: {seconds / 3600:8.2f} h{note}")
     if 1 in members and "lightning" in args.loop and "stacked1" in args.loop:
         ratios = [loop["lightning"] / loop["stacked1"] for _, r, _, loop, _ in rows if r == 1]
-        print(f"  (the Lightning single-run path took {statistics.mean(ratios):.2f}x the R=1 "
-              "stacked path's time per run here; scale the R=1 line by it for today's sweep)")
+        print(f"  (train.py fit's single-run path took {statistics.mean(ratios):.2f}x the time "
+              "per run of a stack of one here)")
 
 
 if __name__ == "__main__":

@@ -225,3 +225,31 @@ def test_a_failed_run_keeps_no_record_and_is_retried(tmp_path: Path) -> None:
         runner.run_sweep(config, train_fn=failing, show_progress=False)
     counts = runner.run_sweep(config, train_fn=fake_train, show_progress=False)
     assert counts["trained"] == 1
+
+
+def test_a_diverged_member_of_a_stack_stops_alone(tmp_path: Path, monkeypatch) -> None:
+    """Member 1's weights are poisoned (inf): it diverges in epoch 1 and keeps no later
+    history; member 0 trains on exactly as it does alone."""
+    import torch
+
+    config = tiny(tmp_path, epochs=3, val_every_n_epochs=1)
+    first, second = runner.plan_runs(config)
+    alone = runner.train_stack([first], config)[0]
+    build = runner.build_run
+
+    def poisoned(spec: RunSpec, config: SweepConfig, args=()):
+        module, datamodule, trainer = build(spec, config, args)
+        if spec.run == second.run:
+            with torch.no_grad():
+                next(module.model.parameters()).fill_(math.inf)
+        return module, datamodule, trainer
+
+    monkeypatch.setattr(runner, "build_run", poisoned)
+    healthy, diverged = runner.train_stack([first, second], config)
+    assert diverged.diverged and diverged.diverged_epoch == 1
+    assert [e for e, _ in diverged.train_loss_history] == [1]
+    assert [e for e, _ in diverged.val_acc_history] == [1]
+    assert not healthy.diverged and len(healthy.val_acc_history) == 3
+    for key in ("val_acc_history", "best_epoch", "best_val_acc", "test_acc"):
+        assert getattr(healthy, key) == getattr(alone, key), key
+    strict_json(diverged.to_json())

@@ -1,14 +1,15 @@
 """Stacked multi-run training: a stack of R runs is the R runs trained one by one.
 
-The reference for "one by one" is the sweep's own single-run path (``train_one``): the run's
-``train.py fit`` config (``run_config``) parsed by the same ``VideoCLI`` and trained by
-``fit_and_test`` under a Lightning ``Trainer``, with ``precision="64-true"`` so that both sides
-compute in float64 and differ only by the summation order of the grouped kernels.
+The reference for "one by one" is ``train.py fit``'s path: the run's config (``run_config``)
+parsed by the same ``VideoCLI`` and trained by ``fit_and_test`` as one ``VideoClassifier``, with
+``precision="64-true"`` so that both sides compute in float64 and differ only by the summation
+order of the grouped kernels.
 """
 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,19 +20,22 @@ import yaml
 from lightning_ttn.data import VideoMNISTDataModule
 from lightning_ttn.layers import TTConv3d
 from lightning_ttn.models import LeNet5
-from lightning_ttn.protocol.runner import run_config
+from lightning_ttn.protocol import store
+from lightning_ttn.protocol.runner import build_run, run_config, run_sweep, train_stack
 from lightning_ttn.protocol.schema import parse_config, plan_runs
-from lightning_ttn.protocol.stacking import prepare_stack, stack_groups, train_stacked_specs
+from lightning_ttn.protocol.stacking import stack_groups
 from lightning_ttn.training.cli import VideoCLI
 from lightning_ttn.training.module import VideoClassifier
-from lightning_ttn.training.run import fit_and_test
+from lightning_ttn.training.record import RunRecord
+from lightning_ttn.training.run import fit_and_test, fit_and_test_stack
 from lightning_ttn.training.stacked import (
+    StackedClassifier,
+    StackedDataModule,
     StackedLeNet5,
     auto_stack,
-    member_batches,
-    stack_data,
-    train_stacked,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 CHANNELS = [2, 3]  # tiny widths: the test is about equivalence, not accuracy
 LAYER_TYPES = [
@@ -88,6 +92,29 @@ def test_stacked_forward_and_gradients_are_each_members_own(conv, transform):
     torch.testing.assert_close(stack(clips[:, :, 0]), logits, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("move", [
+    lambda m: m.double(),
+    lambda m: m.to(torch.float64),
+    lambda m: m.to("cpu", torch.float64),
+    lambda m: m.to(device="cpu").double(),
+    pytest.param(lambda m: m.cuda().double(), marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs CUDA")),
+])
+def test_a_stack_moves_like_any_module(move):
+    members = [LeNet5((2, 3), "ttconv3d") for _ in range(2)]
+    stack = StackedLeNet5(members)
+    moved = move(stack)
+    assert moved is stack
+    parameters = list(stack.parameters())
+    assert parameters and all(p.dtype == torch.float64 for p in parameters)
+    assert all(p.dtype == torch.float64 for m in members for p in m.parameters())  # the same
+    device = parameters[0].device
+    clips = torch.rand(2, 1, 30, 28, 28, dtype=torch.float64, device=device)
+    torch.testing.assert_close(stack(clips)[1], members[1](clips), rtol=0, atol=1e-12)
+    stack.float().cpu()
+    assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in stack.parameters())
+
+
 def test_members_of_different_architectures_are_rejected():
     with pytest.raises(ValueError, match="must share one architecture"):
         StackedLeNet5([LeNet5((2, 3), "conv3d"), LeNet5((2, 4), "conv3d")])
@@ -106,7 +133,7 @@ def data_dir(tmp_path_factory):
     return str(path)
 
 
-def _config(data_dir: str, output_dir: str, **recipe):
+def _config(data_dir: str, output_dir: str, **settings):
     """3 runs of 20 videos, 3 epochs; the LR schedule (patience 0), clipping and the
     transforms' LR group all act within them. Batches of 8 (a partial last batch) unless
     ``batch_size`` says otherwise."""
@@ -115,7 +142,7 @@ def _config(data_dir: str, output_dir: str, **recipe):
         "sizes": [20], "runs": 3, "seed_offset": 7, "val_videos": 20, "test_videos": 20,
         "accelerator": "cpu", "deterministic": True,
         "epochs": 3, "batch_size": 8, "plateau_patience": 0, "max_grad_norm": 0.5,
-        **recipe,
+        **settings,
         "families": {
             "3D": [{"name": "w2-3", "channels": CHANNELS}],
             "3DTTN": [{"name": "w2-3", "channels": CHANNELS, "transform_lr_scale": 10.0}],
@@ -123,17 +150,20 @@ def _config(data_dir: str, output_dir: str, **recipe):
     })
 
 
+FLOAT64 = ["--trainer.precision", "64-true"]
+
+
 def _single_run(spec, config, tmp_path):
-    """``train_one``'s path in float64: the run's config through ``VideoCLI``, then
-    ``fit_and_test``. Returns the record and the module (holding its tested weights)."""
+    """``train.py fit``'s path in float64: the run's config through ``VideoCLI``, then
+    ``fit_and_test`` of one ``VideoClassifier``. Returns the record and the module (holding its
+    tested weights)."""
     path = tmp_path / f"{spec.run_id}.yaml"
     path.write_text(yaml.safe_dump(run_config(spec, config), sort_keys=False))
     cli = VideoCLI(
         VideoClassifier, VideoMNISTDataModule,
         args=["--config", str(path), "--trainer.logger", "false",
               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-              "--checkpoint.save_top_k", "0", "--checkpoint.save_last", "false",
-              "--trainer.precision", "64-true"],
+              "--checkpoint.save_top_k", "0", "--checkpoint.save_last", "false", *FLOAT64],
         run=False, save_config_callback=None, auto_configure_optimizers=False,
     )
     with warnings.catch_warnings():
@@ -144,7 +174,7 @@ def _single_run(spec, config, tmp_path):
 
 
 # Batch 10 divides the 20 videos: the sampler's generator then draws once more after the last
-# batch (when the loader finds its end), which the next epoch's order depends on.
+# batch if the loader is asked for its end, which the next epoch's order would depend on.
 @pytest.mark.parametrize(
     ("family", "tested_weights", "batch_size"), [("3D", "best_val", 10), ("3DTTN", "last", 8)]
 )
@@ -156,12 +186,14 @@ def test_a_stack_of_three_runs_equals_the_three_runs_one_by_one(
                      batch_size=batch_size)
     specs = [s for s in plan_runs(config) if s.family == family]
     assert [s.run for s in specs] == [0, 1, 2]
-    modules, data, source = prepare_stack(specs, config)
-    stacked = train_stacked(modules, data, [s.run for s in specs],
-                            init_seeds=[s.init_seed for s in specs], dtype=torch.float64,
-                            data_source=source)
+    runs = [build_run(spec, config, FLOAT64) for spec in specs]
+    stack = StackedClassifier([module for module, _, _ in runs])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stacked = fit_and_test_stack(runs[0][2], stack, StackedDataModule([d for _, d, _ in runs]),
+                                     [s.init_seed for s in specs], verbose=False)
     lrs = set()
-    for spec, record, module in zip(specs, stacked, modules, strict=True):
+    for spec, record, (module, _, _) in zip(specs, stacked, runs, strict=True):
         single, reference = _single_run(spec, config, tmp_path)
         for name in ("val_acc_history", "lr_history", "best_epoch", "best_val_acc",
                      "tested_epoch", "test_acc", "num_parameters", "model_name", "data_source",
@@ -171,38 +203,63 @@ def test_a_stack_of_three_runs_equals_the_three_runs_one_by_one(
                                    rtol=1e-9)
         assert record.test_loss == pytest.approx(single.test_loss, rel=1e-9)
         assert len(record.transforms) == len(single.transforms)
+        assert record.stack_size == 3 and single.stack_size == 1
         for ours, theirs in zip(module.model.state_dict().items(),
                                 reference.model.state_dict().items(), strict=True):
             assert ours[0] == theirs[0]
+            assert ours[1].dtype == torch.float64
             torch.testing.assert_close(ours[1], theirs[1], rtol=0, atol=1e-10)
         lrs.update(lr for _, lr in record.lr_history)
     assert len(lrs) > 1, "the schedule never acted: the test would not cover its stepping"
 
 
-def test_member_batches_are_the_data_modules_shuffle_order(data_dir):
-    dm = VideoMNISTDataModule(data_dir=data_dir, source="embedded", train_videos=20,
-                              val_videos=20, test_videos=20, subset_seed=5, batch_size=8)
-    dm.setup()
-    data = stack_data([dm])
-    loader, indices = dm.train_dataloader(), member_batches(20, 8, subset_seed=5)
-    for _ in range(3):  # epochs: one iteration of the same loader each
-        served = [x for x, _ in loader]
-        ours = [data.train_clips[data.member_rows[0][i]] for i in indices]
-        assert [len(x) for x in served] == [8, 8, 4]
-        for x, clips in zip(served, ours, strict=True):
-            assert torch.equal((x[:, 0] * 255).round().to(torch.uint8), clips)
+def _records(config) -> dict[str, RunRecord]:
+    return {s.run_id: RunRecord.read(store.record_path(config.output_dir, s))
+            for s in plan_runs(config)}
 
 
-def test_train_stacked_specs_returns_one_record_per_run_in_order(data_dir, tmp_path):
+# What differs between a run trained alone and in a stack: not results.
+_NOT_RESULTS = {"stack_size", "wall_time_s", "finished_at", "replay"}
+# Computed from the weights, which differ by rounding (the grouped kernels sum in another order).
+_ROUNDED = {"train_loss_history", "test_loss", "transforms"}
+
+
+def test_a_float32_sweep_in_stacks_of_4_gives_the_records_of_stacks_of_1(data_dir, tmp_path):
+    """16 runs (2 families x 2 sizes x 4 runs) on the CPU in float32: the same accuracies,
+    epochs and rates; losses and Θ drift the same up to float32 rounding."""
+    records = {}
+    for stack in (1, 4):
+        config = _config(data_dir, str(tmp_path / f"stack{stack}"), runs=4, sizes=[10, 20],
+                         epochs=2, stack=stack, deterministic="warn")
+        assert run_sweep(config, show_progress=False)["trained"] == 16
+        records[stack] = _records(config)
+    assert len(records[1]) == 16
+    for run_id, alone in records[1].items():
+        stacked = records[4][run_id]
+        assert (alone.stack_size, stacked.stack_size) == (1, 4)
+        ours, theirs = stacked.to_dict(), alone.to_dict()
+        for key in set(ours) - _NOT_RESULTS - _ROUNDED:
+            assert ours[key] == theirs[key], (run_id, key)
+        np.testing.assert_allclose(stacked.train_loss_history, alone.train_loss_history,
+                                   rtol=1e-6)
+        assert stacked.test_loss == pytest.approx(alone.test_loss, rel=1e-6)
+        assert len(stacked.transforms) == len(alone.transforms)
+        for a, b in zip(ours["transforms"], theirs["transforms"], strict=True):
+            assert a.keys() == b.keys() and a["layer"] == b["layer"]
+            assert [a[k] for k in a if k != "layer"] == pytest.approx(
+                [b[k] for k in b if k != "layer"], rel=1e-4, abs=1e-9)
+
+
+def test_train_stack_returns_one_record_per_run_in_order(data_dir, tmp_path):
     config = _config(data_dir, str(tmp_path), epochs=1)
     specs = [s for s in plan_runs(config) if s.family == "3DTTN"][:2]
-    timings = {}
-    records = train_stacked_specs(specs, config, "cpu", timings=timings)
+    records = train_stack(specs, config)
+    assert [r.run_id for r in records] == [s.run_id for s in specs]
     assert [r.subset_seed for r in records] == [0, 1]
     assert [r.init_seed for r in records] == [7, 8]
     assert all(r.device == "cpu" and r.data_source == "embedded" for r in records)
     assert all(len(r.transforms) == 2 and r.tested_epoch == 1 for r in records)
-    assert set(timings) == {"setup", "train", "val", "test"}
+    assert all(r.stack_size == 2 and r.replay[-1].endswith(".yaml") for r in records)
 
 
 def test_a_stack_of_different_candidates_or_sizes_is_rejected(data_dir, tmp_path):
@@ -210,38 +267,68 @@ def test_a_stack_of_different_candidates_or_sizes_is_rejected(data_dir, tmp_path
     specs = plan_runs(config)
     mixed = [s for s in specs if s.run == 0]  # 3D and 3DTTN
     with pytest.raises(ValueError, match=r"one candidate and size .* differs .* in family"):
-        train_stacked_specs(mixed, config, "cpu")
+        train_stack(mixed, config)
     with pytest.raises(ValueError, match="must not train a run twice"):
-        train_stacked_specs([specs[0], specs[0]], config, "cpu")
+        train_stack([specs[0], specs[0]], config)
+    first, second = (build_run(s, config) for s in specs[:2])  # 3D and 3DTTN
+    with pytest.raises(ValueError, match="must share one recipe"):
+        StackedClassifier([first[0], second[0]])
+    with pytest.raises(ValueError, match="must share one architecture"):
+        StackedClassifier([VideoClassifier(LeNet5((2, 3))), VideoClassifier(LeNet5((2, 4)))])
+    with pytest.raises(ValueError, match="2 runs need as many distinct names"):
+        StackedClassifier([first[0], build_run(specs[2], config)[0]], names=["a", "a"])
+    other = VideoMNISTDataModule(data_dir=data_dir, source="embedded", train_videos=10)
+    with pytest.raises(ValueError, match="subset_seed: data module 1 differs .* train_videos"):
+        StackedDataModule([first[1], other])
 
 
 def test_stack_groups_and_auto_stack(data_dir, tmp_path):
     specs = plan_runs(_config(data_dir, str(tmp_path)))  # run-major: 3D r0, 3DTTN r0, 3D r1...
     groups = stack_groups(specs, 2)
     assert [[(s.family, s.run) for s in g] for g in groups] == [
-        [("3D", 0), ("3D", 1)], [("3D", 2)], [("3DTTN", 0), ("3DTTN", 1)], [("3DTTN", 2)],
+        [("3D", 0), ("3D", 1)], [("3DTTN", 0), ("3DTTN", 1)], [("3D", 2)], [("3DTTN", 2)],
     ]
+    assert [g for g in stack_groups(specs, 1)] == [[s] for s in specs]  # the plan's order
     assert auto_stack("cpu", runs_in_group=30) == 1
+
+
+def test_a_stacked_sweep_logs_each_run_to_tensorboard_under_its_run_id(data_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = _config(data_dir, str(tmp_path / "sweep"), epochs=2, stack=2, tensorboard=True)
+    specs = [s for s in plan_runs(config) if s.family == "3DTTN"][:2]
+    records = train_stack(specs, config)
+    for spec, record in zip(specs, records, strict=True):
+        events = EventAccumulator(str(tmp_path / "sweep" / "tensorboard" / spec.run_id)).Reload()
+        tags = set(events.Tags()["scalars"])
+        assert {"val/acc", "train/loss", "lr", "test/acc", "hp/best_val_acc",
+                "drift/features.0/mean_abs_rotation_deg"} <= tags, tags
+        assert not any(spec.run_id in tag for tag in tags)
+        logged = [(e.step, e.value) for e in events.Scalars("val/acc")]
+        assert [v for _, v in logged] == pytest.approx([a for _, a in record.val_acc_history])
+        # Steps count batches (3 an epoch), not the R optimizer steps of a batch.
+        assert [s for s, _ in logged] == [2, 5]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("family", ["3D", "3DTTN"])
-def test_a_stack_on_cuda_trains_as_on_the_cpu(data_dir, tmp_path, family):
+def test_a_stack_on_cuda_trains_as_on_the_cpu(data_dir, tmp_path, monkeypatch, family):
     """float64 on both devices: only the kernels' summation order differs (grid_sample's CUDA
     backward adds atomically, so not bit for bit)."""
-    config = _config(data_dir, str(tmp_path))
-    specs = [s for s in plan_runs(config) if s.family == family][:2]
+    monkeypatch.chdir(tmp_path)
     results = {}
-    # Earlier tests' Trainers set deterministic=True process-wide; grid_sample has no
-    # deterministic CUDA backward, so warn instead, as the sweep's default "warn" does.
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    for device in ("cpu", "cuda"):
-        modules, data, source = prepare_stack(specs, config)
-        records = train_stacked(modules, data, [s.run for s in specs], device=device,
-                                dtype=torch.float64, data_source=source)
-        results[device] = records, [m.model.cpu().state_dict() for m in modules]
-    (cpu_records, cpu_weights), (gpu_records, gpu_weights) = results["cpu"], results["cuda"]
+    for accelerator in ("cpu", "gpu"):
+        config = _config(data_dir, str(tmp_path / accelerator), accelerator=accelerator,
+                         deterministic="warn")
+        specs = [s for s in plan_runs(config) if s.family == family][:2]
+        runs = [build_run(spec, config, FLOAT64) for spec in specs]
+        stack = StackedClassifier([module for module, _, _ in runs])
+        records = fit_and_test_stack(runs[0][2], stack, StackedDataModule([d for _, d, _ in runs]),
+                                     verbose=False)
+        results[accelerator] = records, [m.model.cpu().state_dict() for m, _, _ in runs]
+    (cpu_records, cpu_weights), (gpu_records, gpu_weights) = results["cpu"], results["gpu"]
     for ours, theirs in zip(gpu_records, cpu_records, strict=True):
+        assert ours.device.startswith("cuda")
         assert ours.val_acc_history == theirs.val_acc_history
         assert ours.test_acc == theirs.test_acc and ours.lr_history == theirs.lr_history
     for ours, theirs in zip(gpu_weights, cpu_weights, strict=True):
@@ -250,17 +337,11 @@ def test_a_stack_on_cuda_trains_as_on_the_cpu(data_dir, tmp_path, family):
 
 
 def test_a_sweep_with_stack_2_writes_one_record_per_member_and_skips_held_runs(tmp_path):
-    from pathlib import Path
-
     from filelock import FileLock
-
-    from lightning_ttn.protocol import store
-    from lightning_ttn.protocol.runner import run_sweep
-    from lightning_ttn.training.record import RunRecord
 
     raw = {
         "output_dir": str(tmp_path / "out"), "source": "embedded",
-        "data_dir": str(Path(__file__).resolve().parents[1] / "data"), "sizes": [10],
+        "data_dir": str(REPO / "data"), "sizes": [10],
         "runs": 4, "epochs": 1, "val_videos": 10, "test_videos": 10, "accelerator": "cpu",
         "stack": 2, "families": {"3DTTN": [{"name": "w2-3", "channels": [2, 3]}]},
     }

@@ -2,10 +2,12 @@
 
 ``python -m lightning_ttn.sweep --config configs/sweeps/paper.yaml [--shard k/n] [--threads N]
 [--dry-run]`` trains the runs of :func:`lightning_ttn.protocol.schema.plan_runs` (run index
-outermost) and writes one record per finished run into ``<output_dir>/runs/``. Each run goes
-through the same path as ``train.py fit``: its config is written as ``<run_id>.yaml``, parsed
-by the same LightningCLI and trained by :func:`lightning_ttn.training.run.fit_and_test`; the
-record's ``replay`` field is the ``train.py fit`` command that retrains it. Re-running the same
+outermost) and writes one record per finished run into ``<output_dir>/runs/``. Each run is
+defined as ``train.py fit`` defines it: its config is written as ``<run_id>.yaml`` and parsed
+by the same LightningCLI (:func:`build_run`); runs of one candidate and size are trained
+``stack`` at a time (a single run is a stack of one) by :func:`train_stack`, through
+:func:`lightning_ttn.training.run.fit_and_test_stack` under the same ``Trainer``; the record's
+``replay`` field is the ``train.py fit`` command that retrains it alone. Re-running the same
 command skips finished runs; ``--shard k/n`` trains every n-th run from the k-th, so workers on
 several machines (e.g. a SLURM array) share one sweep over a shared directory. Each run is
 claimed with a non-blocking file lock, so concurrent workers never train the same run.
@@ -17,17 +19,20 @@ import argparse
 import contextlib
 import dataclasses
 import errno
-import json
+import gc
 import logging
 import math
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import yaml
+from pytorch_lightning import Trainer
+from pytorch_lightning.cli import LightningArgumentParser
+from pytorch_lightning.loggers import TensorBoardLogger
 from tqdm import tqdm
 
 from lightning_ttn.data import VideoMNISTDataModule, load_digits
@@ -45,14 +50,20 @@ from lightning_ttn.protocol.schema import (
     plan_runs,
     shard_runs,
 )
-from lightning_ttn.protocol.stacking import stack_groups, train_stacked_specs
+from lightning_ttn.protocol.stacking import check_stack, stack_groups
 from lightning_ttn.training.cli import VideoCLI
 from lightning_ttn.training.module import VideoClassifier
 from lightning_ttn.training.record import RunRecord
-from lightning_ttn.training.run import fit_and_test
-from lightning_ttn.training.stacked import auto_stack
+from lightning_ttn.training.run import fit_and_test_stack
+from lightning_ttn.training.stacked import (
+    StackedClassifier,
+    StackedDataModule,
+    StackLogger,
+    auto_stack,
+)
 
 TrainFn = Callable[[RunSpec, SweepConfig], RunRecord]
+StackTrainFn = Callable[[list[RunSpec], SweepConfig], list[RunRecord]]
 # Lightning's hints that do not apply to tiny, single-process sweep runs.
 _QUIET_WARNINGS = (
     r".*does not have many workers.*",
@@ -108,18 +119,11 @@ def run_config(spec: RunSpec, config: SweepConfig) -> dict[str, Any]:
     }
 
 
-def _sweep_overrides(spec: RunSpec, config: SweepConfig) -> list[str]:
+def _sweep_overrides() -> list[str]:
     """What a sweep run does differently from its replay: no checkpoint files, no progress
-    bar, TensorBoard only if the sweep asks for it."""
-    logger: Any = False
-    if config.tensorboard:
-        logger = {
-            "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
-            "init_args": {"save_dir": f"{config.output_dir}/tensorboard", "name": "",
-                          "version": spec.run_id, "default_hp_metric": False},
-        }
+    bar, no logger (``train_stack`` adds TensorBoard if the sweep asks for it)."""
     return [
-        "--trainer.logger", json.dumps(logger),
+        "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
         "--checkpoint.save_top_k", "0",
@@ -127,32 +131,91 @@ def _sweep_overrides(spec: RunSpec, config: SweepConfig) -> list[str]:
     ]
 
 
-def train_one(spec: RunSpec, config: SweepConfig) -> RunRecord:
-    """Trains one run through the ``train.py fit`` path and returns its record.
+class _SweepCLI(VideoCLI):
+    """``VideoCLI`` with its parser built once per process: building it (every argument of the
+    Trainer, model, data and callbacks) takes longer than parsing a run's config, and a stack
+    parses ``R`` of them. Parsing does not change the parser.
+
+    Once the parser is built, everything alive (modules, classes, the parser) is moved out of
+    the garbage collector's full passes (``gc.freeze``): they live as long as the worker, and
+    with them each full pass took about 0.17 s, one every other run of a sweep.
+    """
+
+    _shared_parser: LightningArgumentParser | None = None
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict[str, Any],
+                     subparser_kwargs: dict[str, Any]) -> None:
+        if add_subcommands or main_kwargs or subparser_kwargs:
+            raise ValueError("the sweep parses a run's config without subcommands or kwargs")
+        if _SweepCLI._shared_parser is None:
+            super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+            _SweepCLI._shared_parser = self.parser
+            gc.collect()  # no garbage into the permanent generation
+            gc.freeze()
+        self.parser = _SweepCLI._shared_parser
+
+
+def build_run(
+    spec: RunSpec, config: SweepConfig, args: Sequence[str] = ()
+) -> tuple[VideoClassifier, VideoMNISTDataModule, Trainer]:
+    """A run's module (initial weights: ``seed_everything(init_seed)``), data module and
+    trainer, as ``train.py fit`` builds them.
 
     The run's config is written beside its record first, then parsed by the same LightningCLI
-    (with the sweep's overrides: no checkpoints, quiet) and trained by ``fit_and_test``.
+    with the sweep's overrides (no checkpoints, quiet) and ``args`` (more ``train.py``
+    arguments, e.g. ``--trainer.precision 64-true``).
     """
     path = store.replay_config_path(config.output_dir, spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, yaml.safe_dump(run_config(spec, config), sort_keys=False))
-    cli = VideoCLI(
+    cli = _SweepCLI(
         VideoClassifier, VideoMNISTDataModule,
-        args=["--config", str(path), *_sweep_overrides(spec, config)],
+        args=["--config", str(path), *_sweep_overrides(), *args],
         run=False, save_config_callback=None, auto_configure_optimizers=False,
+        # Saves no parsed config into the hparams: a sweep saves no checkpoints to load.
+        load_from_checkpoint_support=False,
     )
-    record = fit_and_test(cli.trainer, cli.model, cli.datamodule, init_seed=spec.init_seed,
-                          verbose=False)
-    return with_identity(record, spec, config)
+    return cli.model, cli.datamodule, cli.trainer
+
+
+def train_stack(specs: Sequence[RunSpec], config: SweepConfig) -> list[RunRecord]:
+    """Trains runs of one candidate and size (a single run is a stack of one) and returns their
+    records, in ``specs`` order.
+
+    Each run is built by :func:`build_run`; the ``R`` runs are trained as one
+    ``StackedClassifier`` on a ``StackedDataModule`` by the first run's trainer, through
+    ``fit_and_test_stack``. With ``tensorboard: true`` each run logs into
+    ``<output_dir>/tensorboard/<run_id>``.
+
+    Raises:
+        ValueError: the runs are not one candidate and size (:func:`check_stack`).
+    """
+    check_stack(specs)
+    runs = [build_run(spec, config) for spec in specs]
+    trainer = runs[0][2]
+    if config.tensorboard:
+        trainer.logger = StackLogger({
+            spec.run_id: TensorBoardLogger(save_dir=f"{config.output_dir}/tensorboard", name="",
+                                           version=spec.run_id, default_hp_metric=False)
+            for spec in specs
+        })
+    stack = StackedClassifier([module for module, _, _ in runs], [s.run_id for s in specs])
+    datamodule = StackedDataModule([dm for _, dm, _ in runs])
+    records = fit_and_test_stack(trainer, stack, datamodule, [s.init_seed for s in specs],
+                                 verbose=False)
+    return [with_identity(record, spec, config)
+            for record, spec in zip(records, specs, strict=True)]
+
+
+def train_one(spec: RunSpec, config: SweepConfig) -> RunRecord:
+    """Trains one run (a stack of one: :func:`train_stack`) and returns its record."""
+    return train_stack([spec], config)[0]
 
 
 def with_identity(record: RunRecord, spec: RunSpec, config: SweepConfig) -> RunRecord:
     """The record with the sweep's identity of its run: id, family, candidate, settings and
-    the replay command (whose config is written beside the record if it is not there yet)."""
+    the replay command (its config, written by :func:`build_run`)."""
     path = store.replay_config_path(config.output_dir, spec)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, yaml.safe_dump(run_config(spec, config), sort_keys=False))
     settings = {
         k: v for k, v in config.to_dict().items()
         if k in ("source", "render_seed", "motion", "val_videos", "test_videos", "seed_offset",
@@ -169,19 +232,7 @@ def with_identity(record: RunRecord, spec: RunSpec, config: SweepConfig) -> RunR
     )
 
 
-def train_stack(specs: list[RunSpec], config: SweepConfig, device: torch.device
-                ) -> list[RunRecord]:
-    """Trains runs of one candidate and size as one stacked model (one run: ``train_one``)."""
-    if len(specs) == 1:
-        return [train_one(specs[0], config)]
-    records = train_stacked_specs(specs, config, device)
-    return [
-        with_identity(dataclasses.replace(record, stack_size=len(specs)), spec, config)
-        for record, spec in zip(records, specs, strict=True)
-    ]
-
-
-def claim_and_train_stack(specs: list[RunSpec], config: SweepConfig, device: torch.device
+def claim_and_train_stack(specs: list[RunSpec], config: SweepConfig, train_fn: StackTrainFn
                           ) -> tuple[list[RunRecord], int]:
     """Claims the stack's runs one by one (skipping finished runs and runs other workers hold),
     trains the claimed ones together and writes their records.
@@ -195,28 +246,10 @@ def claim_and_train_stack(specs: list[RunSpec], config: SweepConfig, device: tor
         held = sum(not store.is_finished(config.output_dir, s) for s in specs) - len(claimed)
         if not claimed:
             return [], held
-        records = train_stack(claimed, config, device)
+        records = train_fn(claimed, config)
         for spec, record in zip(claimed, records, strict=True):
             store.write_record(config.output_dir, spec, record)
         return records, held
-
-
-def claim_and_train(spec: RunSpec, config: SweepConfig, train_fn: TrainFn
-                    ) -> tuple[str, RunRecord | None]:
-    """Trains a run unless it is finished or another worker holds it.
-
-    Returns:
-        ``("finished", None)``, ``("held", None)`` or ``("trained", record)``.
-    """
-    if store.is_finished(config.output_dir, spec):
-        return "finished", None
-    with store.claim(config.output_dir, spec) as claimed:
-        if not claimed:
-            finished = store.is_finished(config.output_dir, spec)
-            return ("finished" if finished else "held"), None
-        record = train_fn(spec, config)
-        store.write_record(config.output_dir, spec, record)
-        return "trained", record
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -249,15 +282,16 @@ def _summary_line(record: RunRecord) -> str:
 def run_sweep(
     config: SweepConfig,
     shard: tuple[int, int] = (0, 1),
-    train_fn: TrainFn = train_one,
+    train_fn: TrainFn | None = None,
     show_progress: bool = True,
 ) -> dict[str, int]:
-    """Trains the unfinished runs of one shard, one after the other.
+    """Trains the unfinished runs of one shard, stack by stack (:func:`train_stack`).
 
     Args:
         config: The sweep.
         shard: ``(k, n)``: train runs ``i`` of the ordered run list with ``i % n == k``.
-        train_fn: Trains a run and returns its record (tests pass a fake).
+        train_fn: Trains one run and returns its record, instead of :func:`train_stack` on
+            stacks of ``config.stack`` runs (tests pass a fake).
         show_progress: Show a tqdm bar over the shard's runs (finished ones included).
 
     Returns:
@@ -273,30 +307,23 @@ def run_sweep(
               file=sys.stderr)
     finished_before = sum(store.is_finished(config.output_dir, s) for s in specs)
     counts = {"total": len(specs), "finished_before": finished_before, "trained": 0, "held": 0}
-    device = _device(config)
-    stack = _stack_size(config, device, specs)
+    if train_fn is None:
+        train: StackTrainFn = train_stack
+        stack = _stack_size(config, _device(config), specs)
+    else:
+        train, stack = (lambda group, cfg: [train_fn(spec, cfg) for spec in group]), 1
+    pending = [s for s in specs if not store.is_finished(config.output_dir, s)]
     with tqdm(total=len(specs), initial=finished_before, unit="run",
               disable=not show_progress) as bar, warnings.catch_warnings():
         for pattern in _QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
-        if stack > 1 and train_fn is train_one:
-            pending = [s for s in specs if not store.is_finished(config.output_dir, s)]
-            for group in stack_groups(pending, stack):
-                records, held = claim_and_train_stack(group, config, device)
-                counts["trained"] += len(records)
-                counts["held"] += held
-                bar.update(len(records))
-                for record in records:
-                    bar.write(_summary_line(record))
-            return counts
-        for spec in specs:
-            status, record = claim_and_train(spec, config, train_fn)
-            if status == "trained":
-                counts["trained"] += 1
-                bar.update()
+        for group in stack_groups(pending, stack):
+            records, held = claim_and_train_stack(group, config, train)
+            counts["trained"] += len(records)
+            counts["held"] += held
+            bar.update(len(records))
+            for record in records:
                 bar.write(_summary_line(record))
-            elif status == "held":
-                counts["held"] += 1
     return counts
 
 
@@ -310,7 +337,7 @@ def _stack_size(config: SweepConfig, device: torch.device, specs: list[RunSpec])
     """``stack`` of the config; ``auto``: 1 on CPU, on CUDA what fits (runs of a group)."""
     if config.stack != "auto":
         return int(config.stack)
-    if device.type != "cuda" or not specs or config.tensorboard:
+    if device.type != "cuda" or not specs:
         return 1
     largest = max(len(g) for g in stack_groups(specs, len(specs)))
     first = specs[0]

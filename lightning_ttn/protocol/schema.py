@@ -368,8 +368,6 @@ def _check_scalars(config: SweepConfig) -> None:
             raise SweepConfigError(f"{key} must be true or false, got {getattr(config, key)!r}")
     if not (config.stack == "auto" or (_is_int(config.stack) and config.stack >= 1)):
         raise SweepConfigError(f"stack must be auto or an integer >= 1, got {config.stack!r}")
-    if config.tensorboard and config.stack not in ("auto", 1):
-        raise SweepConfigError("tensorboard: true needs stack: 1 (stacked runs log nothing)")
     if config.motion not in MOTIONS:
         raise SweepConfigError(f"motion must be one of {', '.join(MOTIONS)}, got {config.motion!r}")
     for key in ("val_videos", "test_videos"):

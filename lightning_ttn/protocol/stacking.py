@@ -1,29 +1,11 @@
-"""Sweep runs trained as stacks (:mod:`lightning_ttn.training.stacked`): which runs go together,
-their members and data, built exactly as ``train_one`` builds a single run."""
+"""Which sweep runs are trained together as one stack (``runner.train_stack``): runs of one
+candidate and training-set size, which differ only in their run index."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-from lightning_fabric.utilities.seed import seed_everything
-
-from lightning_ttn.data import VideoMNISTDataModule
-from lightning_ttn.models import LeNet5
-from lightning_ttn.protocol.schema import NUM_CLASSES, RunSpec, SweepConfig
-from lightning_ttn.training.module import VideoClassifier
-from lightning_ttn.training.record import RunRecord
-from lightning_ttn.training.stacked import StackData, set_determinism, stack_data, train_stacked
-
-
-def build_member(spec: RunSpec) -> VideoClassifier:
-    """A sweep run's module with its initial weights, as ``train_one`` builds it:
-    ``seed_everything(init_seed)``, then ``LeNet5``, then ``VideoClassifier`` (``k0_init``)."""
-    family = spec.model
-    seed_everything(spec.init_seed, workers=True, verbose=False)
-    kwargs = {"transform": family.transform} if family.conv == "ttconv3d" else {}
-    model = LeNet5(tuple(spec.candidate.channels), family.conv, **kwargs)
-    return VideoClassifier(model, spec.recipe, num_classes=NUM_CLASSES)
+from lightning_ttn.protocol.schema import RunSpec
 
 
 def check_stack(specs: Sequence[RunSpec]) -> None:
@@ -55,69 +37,17 @@ def check_stack(specs: Sequence[RunSpec]) -> None:
         raise ValueError(f"a stack must not train a run twice, got run indices {runs}")
 
 
-def prepare_stack(
-    specs: Sequence[RunSpec], config: SweepConfig
-) -> tuple[list[VideoClassifier], StackData, str | None]:
-    """The members (:func:`build_member`), their clips and the digit source of a stack of sweep
-    runs, as ``train_one``'s data module gives each run its data: ``subset_seed = run``, the
-    sweep's source, cache and evaluation subsets (the cache is looked up once for all members).
-
-    Raises:
-        ValueError: the runs are not one candidate and size (:func:`check_stack`).
-    """
-    check_stack(specs)
-    datamodules = [
-        VideoMNISTDataModule(
-            data_dir=config.data_dir, source=config.source, train_videos=spec.train_videos,
-            val_videos=config.val_videos, test_videos=config.test_videos, subset_seed=spec.run,
-            batch_size=spec.batch_size, num_workers=0, render_seed=config.render_seed,
-            mnist_dir=config.mnist_dir, motion=config.motion, verify=config.verify,
-        )
-        for spec in specs
-    ]
-    datamodules[0].prepare_data()  # loads the digits, renders the cache entry if missing
-    for dm in datamodules:
-        dm.digits, dm.cache_entry = datamodules[0].digits, datamodules[0].cache_entry
-        dm.setup()  # all splits
-    modules = [build_member(spec) for spec in specs]
-    return modules, stack_data(datamodules), datamodules[0].source_name
-
-
-def train_stacked_specs(
-    specs: Sequence[RunSpec],
-    config: SweepConfig,
-    device: str | torch.device,
-    dtype: torch.dtype = torch.float32,
-    timings: dict[str, float] | None = None,
-) -> list[RunRecord]:
-    """Trains sweep runs of one candidate and size as one stack; records in ``specs`` order.
-
-    :func:`prepare_stack`, then :func:`train_stacked` after :func:`set_determinism` as the
-    single run's ``Trainer`` sets it. The records lack the sweep identity
-    (``run_id``, ``family``, ``candidate``, ``run``, ``settings``, ``replay``), which the sweep
-    adds as for ``train_one``.
-
-    Raises:
-        ValueError: the runs are not one candidate and size (:func:`check_stack`).
-    """
-    modules, data, source = prepare_stack(specs, config)
-    set_determinism(config.deterministic)
-    return train_stacked(
-        modules, data, [spec.run for spec in specs], init_seeds=[spec.init_seed for spec in specs],
-        device=device, dtype=dtype, data_source=source, timings=timings,
-    )
-
-
 def stack_groups(specs: Sequence[RunSpec], stack: int) -> list[list[RunSpec]]:
     """Splits runs into stacks of at most ``stack`` runs of one family, candidate and size.
 
-    The order of first appearance is kept: groups in the order their first run appears, runs
-    in their order within a group.
+    The stacks are in the order their first runs appear in ``specs`` (so stacks of one keep
+    the order of ``specs``: run index outermost), runs in their order within a stack.
     """
     if stack < 1:
         raise ValueError(f"stack must be >= 1, got {stack}")
-    groups: dict[tuple, list[RunSpec]] = {}
-    for spec in specs:
+    groups: dict[tuple, list[int]] = {}
+    for position, spec in enumerate(specs):
         key = (spec.family, spec.candidate.name, spec.train_videos)
-        groups.setdefault(key, []).append(spec)
-    return [g[i:i + stack] for g in groups.values() for i in range(0, len(g), stack)]
+        groups.setdefault(key, []).append(position)
+    stacks = [g[i:i + stack] for g in groups.values() for i in range(0, len(g), stack)]
+    return [[specs[p] for p in positions] for positions in sorted(stacks)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from lightning_ttn.training.checkpoint import (
     load_checkpoint,
     plain_hyperparameters,
 )
+from lightning_ttn.training.history import FitHistory
 from lightning_ttn.training.recipe import Recipe
 from lightning_ttn.training.schedules import HalveEveryTenEpochs
 
@@ -53,6 +53,27 @@ def normal_conv_init(model: nn.Module) -> None:
                 nn.init.normal_(layer.bias)
 
 
+def _history_field(name: str) -> property:
+    """``FitHistory.<name>`` as an attribute of the module."""
+    return property(lambda self: getattr(self.history, name),
+                    lambda self, value: setattr(self.history, name, value))
+
+
+def tensorboard_hparams(module: VideoClassifier, datamodule: Any) -> dict[str, Any]:
+    """A run's hparams for TensorBoard's HPARAMS tab: its recipe, model and data settings."""
+    params = {
+        **{f"recipe/{k}": v for k, v in module.recipe.to_dict().items()},
+        "model_name": module.model_name,
+        "num_parameters": module.num_parameters,
+    }
+    for key in ("train_videos", "batch_size", "subset_seed", "source", "motion"):
+        if hasattr(datamodule, key):
+            params[f"data/{key}"] = getattr(datamodule, key)
+    if getattr(datamodule, "source_name", None):
+        params["data/source"] = datamodule.source_name
+    return params
+
+
 class VideoClassifier(LightningModule):
     """Trains a clip classifier with cross-entropy as its :class:`Recipe` says, and keeps the
     weights the recipe tests (best validation or last) in memory.
@@ -83,13 +104,7 @@ class VideoClassifier(LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.best_val_acc = MaxMetric()
         # What the run record reports; filled during fit.
-        self.val_acc_history: list[list[float]] = []
-        self.train_loss_history: list[list[float]] = []
-        self.lr_history: list[list[float]] = []
-        self.best_epoch: int | None = None
-        self.diverged_epoch: int | None = None  # the epoch whose training loss was not finite
-        self.best_state: dict[str, Tensor] | None = None
-        self._best_value = -math.inf
+        self.history = FitHistory(recipe.tested_weights)
         self._loss_sum = 0.0
         self._loss_count = 0
 
@@ -143,18 +158,8 @@ class VideoClassifier(LightningModule):
     def on_fit_start(self) -> None:
         # Registers the hparams with the metrics TensorBoard's HPARAMS tab compares runs by.
         if isinstance(self.logger, TensorBoardLogger):
-            params = {
-                **{f"recipe/{k}": v for k, v in self.recipe.to_dict().items()},
-                "model_name": self.model_name,
-                "num_parameters": self.num_parameters,
-            }
-            datamodule = self.trainer.datamodule
-            for key in ("train_videos", "batch_size", "subset_seed", "source", "motion"):
-                if hasattr(datamodule, key):
-                    params[f"data/{key}"] = getattr(datamodule, key)
-            if getattr(datamodule, "source_name", None):
-                params["data/source"] = datamodule.source_name
-            self.logger.log_hyperparams(params, {"hp/best_val_acc": 0.0, "hp/test_acc": 0.0})
+            self.logger.log_hyperparams(tensorboard_hparams(self, self.trainer.datamodule),
+                                        {"hp/best_val_acc": 0.0, "hp/test_acc": 0.0})
 
     def on_train_epoch_start(self) -> None:
         self._loss_sum, self._loss_count = 0.0, 0
@@ -176,14 +181,7 @@ class VideoClassifier(LightningModule):
         self.log("hp/best_val_acc", self.best_val_acc.compute(), sync_dist=True)
         if self.trainer.state.fn != "fit":
             return
-        epoch, value = self.current_epoch + 1, float(accuracy)
-        self.val_acc_history.append([epoch, value])
-        if value > self._best_value:  # the first of equal accuracies wins
-            self._best_value, self.best_epoch = value, epoch
-            if self.recipe.tested_weights == "best_val":
-                self.best_state = {
-                    k: v.detach().cpu().clone() for k, v in self.state_dict().items()
-                }
+        self.history.add_validation(self.current_epoch + 1, float(accuracy), self)
 
     def on_test_epoch_end(self) -> None:
         self.log("hp/test_acc", self.test_acc.compute(), sync_dist=True)
@@ -191,10 +189,7 @@ class VideoClassifier(LightningModule):
     def load_tested_weights(self) -> int | None:
         """Loads the weights the recipe tests; returns their epoch (``None``: never validated,
         the current weights are kept)."""
-        if self.recipe.tested_weights == "last" or self.best_state is None:
-            return self.val_acc_history[-1][0] if self.val_acc_history else None
-        self.load_state_dict(self.best_state)
-        return self.best_epoch
+        return self.history.load_tested_weights(self)
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
@@ -260,7 +255,16 @@ class VideoClassifier(LightningModule):
     @property
     def best_validation_accuracy(self) -> float:
         """The best ``val/acc`` of the fit (``-inf`` before any validation)."""
-        return self._best_value
+        return self.history.best_value
+
+    # The history's fields under the names the checkpoint hooks and callers use.
+    val_acc_history = _history_field("val_acc_history")
+    train_loss_history = _history_field("train_loss_history")
+    lr_history = _history_field("lr_history")
+    best_epoch = _history_field("best_epoch")
+    diverged_epoch = _history_field("diverged_epoch")
+    best_state = _history_field("best_state")
+    _best_value = _history_field("best_value")
 
     def configure_optimizers(self) -> dict[str, Any]:
         recipe = self.recipe

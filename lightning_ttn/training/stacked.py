@@ -1,4 +1,5 @@
-"""Stacked multi-run training: ``R`` runs of one candidate and size trained as one model.
+"""Stacked multi-run training: ``R`` runs of one candidate and size trained as one model, by
+the same Lightning ``Trainer`` loop as a single run.
 
 The paper's protocol is 600 small runs (30 per configuration). One LeNet-5 leaves a GPU mostly
 idle, so the runs of one candidate and training-set size (which differ only in their run index:
@@ -9,37 +10,38 @@ training subset, shuffle order and initial weights) are trained together:
   ``F.conv3d`` over the members' concatenated weights, each ``Linear`` one ``torch.baddbmm`` over
   their stacked weights. Grouped convolutions, not ``torch.func.vmap``: ``vmap(grad)`` over 8
   LeNets was 11x slower than a loop on CPU and ``F.affine_grid`` has no batching rule.
-* :func:`train_stacked` trains the members with a plain PyTorch loop that reproduces a single
-  run of :class:`~lightning_ttn.training.module.VideoClassifier` under a Lightning ``Trainer``
-  (``fit_and_test``) member by member: its own training subset and shuffle order, its own SGD
-  (the module's ``configure_optimizers``), its own gradient-norm clipping, its own LR schedule
-  stepped after each validation with its own ``val/acc``, its own best-validation weights. The
-  loss is the sum of the members' mean cross-entropies, so one backward gives every member
-  exactly its own gradient. Validation and test clips are shared: one pass evaluates everyone.
-* :func:`train_stacked_specs` is what the sweep calls: sweep runs in, ``RunRecord``\\ s out.
+* :class:`StackedClassifier` is the ``LightningModule`` of a stack: ``R`` ``VideoClassifier``
+  runs, each built as for a run of its own, trained with manual optimization (one optimizer,
+  clipping and LR schedule per member) and evaluated in one pass per batch;
+  :class:`StackedDataModule` serves each member its own training batches (its data module's
+  loader: its subset and shuffle order) and the validation and test clips they share;
+  :class:`StackLogger` writes each member's metrics into its own logger.
+* ``lightning_ttn.training.run.fit_and_test_stack`` fits and tests a stack and returns one
+  record per member; the sweep trains every run that way (a single run is a stack of one).
 
 On CPU a stack is slower than the runs one by one (a grouped stack of 8 LeNet-5-3D ran at
 0.6-0.8x the speed of a loop on 2 cores): :func:`auto_stack` returns 1 there. The point is the
 GPU, where one LeNet-5 run is launch-bound. ``benchmarks/stacked.py`` measures both.
 
 Equivalence (``tests/test_stacked.py``, CPU, float64): a stacked member ends with the weights of
-the same run trained alone through Lightning to 1e-10 and the same accuracies, epochs and
+the same run trained alone by ``train.py fit`` to 1e-10 and the same accuracies, epochs and
 learning rates; losses agree to rounding. In float32, and on a GPU, the grouped kernels sum in
 another order than the single-run ones, so a stacked run is the same run up to rounding (like a
-rerun on another device), not bit for bit.
+rerun on another device), not bit for bit: on the CPU a float32 sweep in stacks of 4 gives the
+accuracies, epochs and rates of stacks of 1, its losses and Θ drift to about 1e-6.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from pytorch_lightning import LightningDataModule, LightningModule
+from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities import CombinedLoader
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -48,10 +50,8 @@ from lightning_ttn.data import VideoMNISTDataModule
 from lightning_ttn.functional import build_tt_kernel, similarity_theta
 from lightning_ttn.layers import TTConv3d
 from lightning_ttn.models import LeNet5
-from lightning_ttn.training.diagnostics import transform_drift
-from lightning_ttn.training.module import VideoClassifier
-from lightning_ttn.training.record import RunRecord, provenance
-from lightning_ttn.training.run import device_name
+from lightning_ttn.training.diagnostics import kernel_health, transform_drift
+from lightning_ttn.training.module import VideoClassifier, tensorboard_hparams
 
 # Clip geometry of Video-MNIST (LeNet5's first Linear assumes it).
 _FRAMES, _SIZE = 30, 28
@@ -112,11 +112,11 @@ class StackedLeNet5(nn.Module):
                 f" got {tuple(clips.shape)}"
             )
         shared = clips.shape[1] == 1  # every member sees the same clips (R = 1: either way)
-        x, _ = self._apply([m.features for m in self.members], clips, shared)  # (B, R*c2, 5,5,5)
-        x, _ = self._apply([m.classifier for m in self.members], x, False)
+        x, _ = self._stacked([m.features for m in self.members], clips, shared)  # (B, R*c2, 5,5,5)
+        x, _ = self._stacked([m.classifier for m in self.members], x, False)
         return x  # (R, B, num_classes)
 
-    def _apply(self, layers: list[nn.Module], x: Tensor, shared: bool) -> tuple[Tensor, bool]:
+    def _stacked(self, layers: list[nn.Module], x: Tensor, shared: bool) -> tuple[Tensor, bool]:
         """Runs the members' corresponding ``layers`` on the stacked activation ``x``.
 
         Before the classifier ``x`` is ``(B, R*C, ...)``, member ``r`` owning channels
@@ -126,7 +126,7 @@ class StackedLeNet5(nn.Module):
         first = layers[0]
         if isinstance(first, nn.Sequential):  # features, classifier, Conv2Plus1d
             for i in range(len(first)):
-                x, shared = self._apply([layer[i] for layer in layers], x, shared)
+                x, shared = self._stacked([layer[i] for layer in layers], x, shared)
             return x, shared
         if isinstance(first, (nn.Conv3d, TTConv3d)):
             return _grouped_conv3d(layers, x, shared), False
@@ -198,347 +198,354 @@ def _grouped_conv3d(layers: Sequence[nn.Module], x: Tensor, shared: bool) -> Ten
 
 
 # ----------------------------------------------------------------------------- the data
-@dataclass(frozen=True)
-class StackData:
-    """The clips a stack trains and is evaluated on, as uint8 tensors (moved to the device by
-    :func:`train_stacked`).
-
-    Attributes:
-        train_clips: uint8 ``(N, T, H, W)``: every member's training clips (each clip once).
-        train_labels: int64 ``(N,)``.
-        member_rows: Per member, int64 ``(n,)``: item ``i`` of member ``r``'s training dataset
-            (what ``VideoMNISTDataModule(subset_seed=r)``'s train loader indexes) is clip
-            ``member_rows[r][i]`` of ``train_clips``. All members have the same ``n``.
-        val_clips: uint8 ``(Nv, T, H, W)`` in the order the data module serves them.
-        val_labels: int64 ``(Nv,)``.
-        test_clips: uint8 ``(Nt, T, H, W)``.
-        test_labels: int64 ``(Nt,)``.
-    """
-
-    train_clips: Tensor
-    train_labels: Tensor
-    member_rows: tuple[Tensor, ...]
-    val_clips: Tensor
-    val_labels: Tensor
-    test_clips: Tensor
-    test_labels: Tensor
-
-
-def stack_data(datamodules: Sequence[VideoMNISTDataModule]) -> StackData:
-    """Reads the members' clips from their set-up data modules (``setup()``: all splits).
-
-    Raises:
-        ValueError: the members' validation or test clips differ, or their training sets have
-            different sizes.
-    """
-    def dataset(dm: VideoMNISTDataModule, split: str):  # VideoClipDataset
-        if split not in dm.datasets:
-            raise ValueError(f"the data modules must be set up for all splits, {split} is not")
-        return dm.datasets[split]
-
-    first = datamodules[0]
-    for split in ("train", "val", "test"):
-        rows = [dataset(dm, split).rows for dm in datamodules]
-        if split == "train" and len({len(r) for r in rows}) != 1:
-            sizes = sorted({len(r) for r in rows})
-            raise ValueError(f"the members' training sets differ in size: {sizes}")
-        if split != "train" and not all(np.array_equal(r, rows[0]) for r in rows):
-            raise ValueError(f"the members' {split} clips differ; a stack shares them")
-    train = [dataset(dm, "train") for dm in datamodules]
-    union = np.unique(np.concatenate([d.rows for d in train]))  # positions in the train split
-    member_rows = [np.searchsorted(union, d.rows) for d in train]  # positions in the union
-    labels = np.empty(len(union), dtype=np.int64)
-    for d, positions in zip(train, member_rows, strict=True):
-        labels[positions] = d.labels
-    videos = np.load(train[0].videos_path, mmap_mode="r")
-
-    def clips(split: str) -> tuple[Tensor, Tensor]:
-        d = dataset(first, split)
-        array = np.load(d.videos_path, mmap_mode="r")
-        return torch.from_numpy(np.asarray(array[d.rows])), torch.from_numpy(d.labels.copy())
-
-    val_clips, val_labels = clips("val")
-    test_clips, test_labels = clips("test")
-    return StackData(
-        train_clips=torch.from_numpy(np.asarray(videos[union])),  # (N, T, H, W)
-        train_labels=torch.from_numpy(labels),
-        member_rows=tuple(torch.from_numpy(rows) for rows in member_rows),
-        val_clips=val_clips, val_labels=val_labels, test_clips=test_clips, test_labels=test_labels,
-    )
-
-
-def member_batches(num_videos: int, batch_size: int, subset_seed: int) -> DataLoader:
-    """The dataset indices, batch by batch, that ``VideoMNISTDataModule.train_dataloader``
-    serves a run with ``subset_seed`` (one iterator per epoch, as the ``Trainer`` takes them:
-    see ``_zip_batches``).
-
-    The same ``DataLoader`` arguments over ``range(num_videos)``: the same ``RandomSampler``
-    draws from the same ``torch.Generator().manual_seed(subset_seed)`` (each epoch the loader's
-    base seed, then the permutation), so the order is the single run's, whatever the torch
-    version. This is the data module's order with ``num_workers=0`` (the sweep's default); with
-    worker processes the data module keeps them across epochs (``persistent_workers``), which
-    draws the base seed only once, so from the second epoch on its order differs from this one.
-    """
-    return DataLoader(
-        range(num_videos),
-        batch_size=batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(subset_seed),
-        drop_last=False,
-    )
-
-
-# ----------------------------------------------------------------------------- training
-def _check_members(modules: Sequence[VideoClassifier], data: StackData) -> None:
-    if not modules:
-        raise ValueError("a stack needs at least one member")
-    if len(data.member_rows) != len(modules):
-        raise ValueError(
-            f"{len(modules)} members but training rows for {len(data.member_rows)}"
-        )
-    if any(m.recipe != modules[0].recipe for m in modules):
-        raise ValueError("the members of a stack must share one recipe")
-    names = {m.model_name for m in modules}
-    if len(names) != 1:
-        raise ValueError(f"the members of a stack must share one model, got {sorted(names)}")
-
-
-def _zip_batches(loaders: Sequence[DataLoader]) -> Iterator[Tensor]:
-    """The members' index batches of one epoch, step by step, ``(R, B)``.
-
-    As the ``Trainer`` takes them: ``len(loader)`` batches from a new iterator, never asking it
-    for its end. This matters: when the batch size divides the set, a ``for`` loop's final
-    ``next`` would make the sampler draw once more from its generator (its trailing
-    ``randperm``), changing the next epoch's order.
-    """
-    steps = {len(loader) for loader in loaders}
-    if len(steps) != 1:
-        raise ValueError(f"the members' training loaders differ in length: {sorted(steps)}")
-    iterators = [iter(loader) for loader in loaders]
-    for _ in range(steps.pop()):
-        batches = [next(it) for it in iterators]
-        if len({len(b) for b in batches}) != 1:
-            raise ValueError("the members' training loaders must yield batches of equal sizes")
-        yield torch.stack(batches)  # (R, B)
-
-
-@torch.no_grad()
-def _evaluate(
-    stack: StackedLeNet5, clips: Tensor, labels: Tensor, to_input: Tensor, batch_size: int
-) -> tuple[Tensor, Tensor]:
-    """Every member on the same clips, in batches as the single run's loader serves them.
-
-    Returns:
-        ``correct`` int64 ``(R,)`` and ``loss_sum`` ``(R,)``: the sum over batches of each
-        batch's mean cross-entropy times its size (Lightning's epoch mean of ``test/loss``
-        times the clip count).
-    """
-    size = len(stack)
-    correct = torch.zeros(size, dtype=torch.int64, device=clips.device)
-    loss_sum = torch.zeros(size, dtype=to_input.dtype, device=clips.device)
-    for start in range(0, len(clips), batch_size):
-        x = to_input[clips[start:start + batch_size].long()].unsqueeze(1)  # (B, 1, T, H, W)
-        y = labels[start:start + batch_size]  # (B,)
-        logits = stack(x)  # (R, B, C)
-        losses = F.cross_entropy(logits.transpose(1, 2), y.expand(size, -1), reduction="none")
-        loss_sum += losses.mean(dim=1) * len(y)
-        correct += (logits.argmax(dim=2) == y).sum(dim=1)
-    return correct, loss_sum
-
-
-def _accuracy(correct: Tensor, total: int) -> list[float]:
-    """``MulticlassAccuracy(average="micro")``'s value: ``correct / total`` in float32."""
-    return (correct.cpu().float() / torch.tensor(float(total))).tolist()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def train_stacked(
-    modules: Sequence[VideoClassifier],
-    data: StackData,
-    subset_seeds: Sequence[int],
-    init_seeds: Sequence[int | None] | None = None,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    eval_batch_size: int | None = None,
-    data_source: str | None = None,
-    timings: dict[str, float] | None = None,
-) -> list[RunRecord]:
-    """Trains ``R`` runs of one model and recipe together; one record per member.
-
-    Member ``r`` is trained as ``fit_and_test`` trains ``modules[r]`` with the data module of
-    ``subset_seed=subset_seeds[r]``: per epoch, its learning rate is recorded, its batches
-    (``member_batches``) are trained with its own ``SGD`` (``configure_optimizers``: param
-    groups, momentum) after clipping its gradient norm to ``recipe.max_grad_norm``
-    (``clip_grad_norm_`` over its optimizer's parameters, as Lightning's ``"norm"`` clipping);
-    every ``recipe.val_every_n_epochs`` epochs it is validated, its best weights (first of ties)
-    kept and its LR schedule stepped with its ``val/acc``. Then the weights its recipe names are
-    loaded (``load_tested_weights``) and tested. The modules' histories and best weights are
-    filled as a ``Trainer`` fills them, and the modules end on their tested weights.
+class StackedDataModule(LightningDataModule):
+    """The data of ``R`` runs that differ only in their ``subset_seed``: each member's own
+    training loader (its subset, its shuffle order), combined so that a training batch is the
+    members' batches ``[(x_0, y_0), ..., (x_{R-1}, y_{R-1})]``, and the validation and test
+    loaders they share.
 
     Args:
-        modules: The members, built and initialized (``build_member``), one recipe and model.
-        data: The clips (:func:`stack_data`); ``member_rows[r]`` is member ``r``'s subset.
-        subset_seeds: Member ``r``'s shuffle seed (its data module's ``subset_seed``).
-        init_seeds: The seeds the weights were initialized with, for the records.
-        device: Where to train; the modules and clips are moved there.
-        dtype: Parameter and input dtype (``torch.float64``: Lightning's ``"64-true"``).
-        eval_batch_size: Clips per validation/test batch (``None``: the training batch size,
-            as the data module; it changes the test loss only by rounding).
-        data_source: ``"mnist"`` or ``"embedded"``, for the records.
-        timings: If given, filled with seconds spent in ``"setup"``, ``"train"``, ``"val"`` and
-            ``"test"`` (with a device synchronization at each boundary).
-
-    Returns:
-        The members' records (no sweep identity); ``wall_time_s`` is the stack's wall time
-        divided by ``R``, each member's share.
+        datamodules: The runs' data modules, in member order (one training loader each).
 
     Raises:
-        ValueError: the members differ in model or recipe, or the data does not fit them.
+        ValueError: none, or their settings differ in more than ``subset_seed``.
     """
-    start = time.perf_counter()
-    _check_members(modules, data)
-    size = len(modules)
-    if len(subset_seeds) != size:
-        raise ValueError(f"{size} members but {len(subset_seeds)} subset seeds")
-    init_seeds = list(init_seeds) if init_seeds is not None else [None] * size
-    recipe = modules[0].recipe
-    num_videos = len(data.member_rows[0])
-    batch_size = recipe.batch_size_for(num_videos)
-    eval_batch_size = eval_batch_size or batch_size
-    device = torch.device(device)
-    clock = {"setup": 0.0, "train": 0.0, "val": 0.0, "test": 0.0}
 
-    def lap(phase: str, since: float) -> float:
-        if timings is not None:
-            _sync(device)
-        now = time.perf_counter()
-        clock[phase] += now - since
-        return now
+    def __init__(self, datamodules: Sequence[VideoMNISTDataModule]) -> None:
+        super().__init__()
+        if not datamodules:
+            raise ValueError("StackedDataModule needs at least one data module")
+        shared = [{k: v for k, v in dm.hparams.items() if k != "subset_seed"}
+                  for dm in datamodules]
+        for r, settings in enumerate(shared):
+            if settings != shared[0]:
+                differs = sorted(k for k in settings if settings[k] != shared[0].get(k))
+                raise ValueError(
+                    f"the runs of a stack differ only in subset_seed: data module {r} differs "
+                    f"from data module 0 in {', '.join(differs)}"
+                )
+        self.members = list(datamodules)
 
-    for module in modules:
-        module.model.to(device=device, dtype=dtype)
-    stack = StackedLeNet5([m.model for m in modules])
-    configs = [m.configure_optimizers() for m in modules]
-    optimizers = [c["optimizer"] for c in configs]
-    schedulers = [c["lr_scheduler"]["scheduler"] if "lr_scheduler" in c else None
-                  for c in configs]
-    # Lightning clips the parameters of the optimizer, in its param-group order.
-    clip_params = [[p for g in opt.param_groups for p in g["params"]] for opt in optimizers]
-    # uint8 -> the model's input, as the collate (float32 / 255) and the module (* 255 for
-    # "raw") compute it, on the CPU: a CUDA division by a scalar rounds differently.
-    to_input = torch.arange(256, dtype=torch.float32).div_(255.0).to(dtype)
-    if recipe.input_scaling == "raw":
-        to_input = to_input * 255.0
-    to_input = to_input.to(device)
-    train_clips = data.train_clips.to(device)  # (N, T, H, W) uint8
-    train_labels = data.train_labels.to(device)
-    rows = torch.stack(list(data.member_rows))  # (R, n), CPU
-    val_clips, val_labels = data.val_clips.to(device), data.val_labels.to(device)
-    test_clips, test_labels = data.test_clips.to(device), data.test_labels.to(device)
-    loaders = [member_batches(num_videos, batch_size, seed) for seed in subset_seeds]
-    best_values = [-math.inf] * size
-    now = lap("setup", start)
+    def prepare_data(self) -> None:
+        """Loads the digits and finds (or renders) the cache entry once for every member, and
+        once for the fit and the test that follows it."""
+        first = self.members[0]
+        if first.digits is None or first.cache_entry is None:
+            first.prepare_data()
+        for dm in self.members[1:]:
+            dm.digits, dm.cache_entry = first.digits, first.cache_entry
 
-    for epoch in range(1, recipe.epochs + 1):
-        stack.train()
-        for module, optimizer in zip(modules, optimizers, strict=True):
-            module.lr_history.append([epoch, optimizer.param_groups[0]["lr"]])
-        loss_sum = torch.zeros(size, dtype=dtype, device=device)
-        seen = 0
-        for indices in _zip_batches(loaders):  # (R, B) dataset indices
-            positions = rows.gather(1, indices).to(device, non_blocking=True)  # (R, B)
-            x = to_input[train_clips[positions.T].long()]  # (B, R, T, H, W)
-            y = train_labels[positions]  # (R, B)
-            logits = stack(x)  # (R, B, C)
-            losses = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(dim=1)
-            for optimizer in optimizers:
-                optimizer.zero_grad()
-            losses.sum().backward()  # member r's parameters get d(losses[r]) only
-            for optimizer, params in zip(optimizers, clip_params, strict=True):
-                if recipe.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
-                optimizer.step()
-            loss_sum += losses.detach() * y.shape[1]
-            seen += y.shape[1]
-        now = lap("train", now)
-        if epoch % recipe.val_every_n_epochs == 0:
-            stack.eval()
-            correct, _ = _evaluate(stack, val_clips, val_labels, to_input, eval_batch_size)
-            for r, (module, value) in enumerate(zip(modules, _accuracy(correct, len(val_labels)),
-                                                    strict=True)):
-                module.val_acc_history.append([epoch, value])
-                if value > best_values[r]:  # the first of equal accuracies wins
-                    best_values[r], module.best_epoch = value, epoch
-                    module._best_value = value  # keeps best_validation_accuracy consistent
-                    if recipe.tested_weights == "best_val":
-                        module.best_state = {
-                            k: v.detach().cpu().clone() for k, v in module.state_dict().items()
-                        }
-                if schedulers[r] is not None:  # Lightning: after validation, on val/acc
-                    schedulers[r].step(value)
-            now = lap("val", now)
-        if seen:  # as VideoClassifier: float(sum) / count, in Python
-            for module, total in zip(modules, loss_sum.cpu().tolist(), strict=True):
-                module.train_loss_history.append([epoch, total / seen])
+    def setup(self, stage: str | None = None) -> None:
+        if self.trainer is not None and self.trainer.world_size > 1:
+            raise ValueError("a stack trains on one device; use devices: 1")
+        for dm in self.members:
+            dm.setup(stage)
 
-    tested_epochs = [m.load_tested_weights() for m in modules]
-    stack.eval()
-    correct, loss_sum = _evaluate(stack, test_clips, test_labels, to_input, eval_batch_size)
-    test_acc = _accuracy(correct, len(test_labels))
-    test_loss = (loss_sum.cpu() / len(test_labels)).tolist()
-    lap("test", now)
-    if timings is not None:
-        timings.update(clock)
-    share = (time.perf_counter() - start) / size
-    return [
-        RunRecord(
-            best_epoch=module.best_epoch,
-            best_val_acc=best_values[r] if math.isfinite(best_values[r]) else math.nan,
-            test_acc=test_acc[r],
-            test_loss=test_loss[r],
-            num_parameters=module.num_parameters,
-            val_acc_history=module.val_acc_history,
-            train_loss_history=module.train_loss_history,
-            lr_history=module.lr_history,
-            tested_epoch=tested_epochs[r],
-            model_name=module.model_name,
-            data_source=data_source,
-            train_videos=num_videos,
-            subset_seed=subset_seeds[r],
-            batch_size=batch_size,
-            init_seed=init_seeds[r],
-            recipe=recipe.to_dict(),
-            transforms=transform_drift(module.model),
-            wall_time_s=share,
-            torch_threads=torch.get_num_threads(),
-            device=device_name(device),
-            **provenance(),
-        )
-        for r, module in enumerate(modules)
-    ]
+    def train_dataloader(self) -> CombinedLoader:
+        # One iterator per member and epoch: each draws its order from its own generator, as
+        # the Trainer draws a single run's; the Trainer takes len() batches of each.
+        return CombinedLoader([dm.train_dataloader() for dm in self.members], mode="min_size")
+
+    def val_dataloader(self) -> DataLoader:
+        return self.members[0].val_dataloader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self.members[0].test_dataloader()
 
 
-# ----------------------------------------------------------------------------- the sweep's API
-def set_determinism(deterministic: bool | str) -> None:
-    """What ``Trainer(deterministic=...)`` sets (Lightning's ``_set_torch_flags``), process-wide
-    as there: deterministic algorithms (``"warn"``: warn where none exists, e.g. the CUDA
-    backward of ``grid_sample``), no cuDNN benchmarking and cuBLAS's reproducible workspace."""
-    if deterministic:
-        torch.backends.cudnn.benchmark = False
-        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
-    torch.use_deterministic_algorithms(bool(deterministic), warn_only=deterministic == "warn")
+# ----------------------------------------------------------------------------- the module
+@dataclass
+class _Tally:
+    """Per-member sums over one epoch's batches: ``loss`` (mean loss times batch size),
+    ``correct`` predictions and the ``count`` of clips (equal for all members)."""
+
+    loss: Tensor | float = 0.0
+    correct: Tensor | int = 0
+    count: int = 0
+
+    def add(self, losses: Tensor, correct: Tensor | None, size: int) -> None:
+        # Tensor sums: no device synchronization per step.
+        self.loss = self.loss + losses.detach() * size
+        if correct is not None:
+            self.correct = self.correct + correct
+        self.count += size
+
+    def mean_loss(self) -> list[float]:
+        """As ``VideoClassifier``: ``float(sum) / count`` in Python."""
+        return [total / self.count for total in torch.as_tensor(self.loss).tolist()]
+
+    def accuracy(self) -> list[float]:
+        """``MulticlassAccuracy(average="micro")``'s value: ``correct / count`` in float32."""
+        correct = torch.as_tensor(self.correct).cpu().float()
+        return (correct / torch.tensor(float(self.count))).tolist()
 
 
+def _training(run: VideoClassifier, epoch: int) -> bool:
+    """Whether the member still trains in ``epoch``: a diverged member's record ends with the
+    epoch it diverged in, as a single run's does (it stops there)."""
+    return run.history.diverged_epoch is None or epoch <= run.history.diverged_epoch
+
+
+class StackedClassifier(LightningModule):
+    """``R`` runs of one model and recipe trained as one :class:`StackedLeNet5` by a ``Trainer``.
+
+    Member ``r`` is ``runs[r]``, a :class:`VideoClassifier` built as for a run of its own; it
+    is trained as that run alone would be (``fit_and_test``), on batch ``r`` of the
+    :class:`StackedDataModule`: its own optimizer and LR schedule (its
+    ``configure_optimizers``), its gradient norm clipped on its own (``clip_gradients``), its
+    schedule stepped after each validation with its own ``val/acc``, its histories and tested
+    weights in its :class:`~lightning_ttn.training.history.FitHistory`. The loss is the sum
+    of the members' mean cross-entropies, so one backward gives each member exactly its own
+    gradient. A validation or test batch is evaluated by every member in one pass.
+
+    Everything is logged per member, as ``<name>/<metric>`` (``<name>/val/acc``,
+    ``<name>/train/loss``, ``<name>/lr``, ``<name>/drift/<layer>/<key>`` ...); a
+    :class:`StackLogger` writes each member's metrics into its own TensorBoard run.
+
+    Args:
+        runs: The members, built and initialized, all with one model architecture and recipe.
+        names: The members' names in the logs (a sweep passes run ids); default ``"0"``, ...
+
+    Raises:
+        ValueError: no runs, their models or recipes differ, or ``names`` does not fit.
+    """
+
+    def __init__(self, runs: Sequence[VideoClassifier], names: Sequence[str] | None = None
+                 ) -> None:
+        super().__init__()
+        if not runs:
+            raise ValueError("a stack needs at least one run")
+        if any(run.recipe != runs[0].recipe for run in runs):
+            raise ValueError("the runs of a stack must share one recipe")
+        names = [str(r) for r in range(len(runs))] if names is None else list(names)
+        if len(names) != len(runs) or len(set(names)) != len(names):
+            raise ValueError(f"{len(runs)} runs need as many distinct names, got {names}")
+        self.automatic_optimization = False
+        self.stack = StackedLeNet5([run.model for run in runs])
+        # Not registered as submodules: their networks are the stack's members.
+        self.runs = list(runs)
+        self.names = names
+        self.recipe = runs[0].recipe
+        self.test_results: list[tuple[float, float]] = []  # (test/acc, test/loss) per member
+        self._train, self._eval = _Tally(), _Tally()  # validation runs inside a training epoch
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def forward(self, clips: Tensor) -> Tensor:
+        """Args:
+            clips: As :meth:`StackedLeNet5.forward` takes them, in [0, 1].
+
+        Returns:
+            Logits ``(R, B, num_classes)``.
+        """
+        if self.recipe.input_scaling == "raw":
+            clips = clips * 255.0  # the data module serves [0, 1]
+        return self.stack(clips)
+
+    def configure_optimizers(self) -> tuple[list[Any], list[Any]]:
+        configs = [run.configure_optimizers() for run in self.runs]
+        schedulers = [c["lr_scheduler"]["scheduler"] for c in configs if "lr_scheduler" in c]
+        return [c["optimizer"] for c in configs], schedulers
+
+    def _optimizers(self) -> list[Any]:
+        optimizers = self.optimizers()
+        return optimizers if isinstance(optimizers, list) else [optimizers]
+
+    def _schedulers(self) -> list[Any]:
+        schedulers = self.lr_schedulers()
+        if schedulers is None:
+            return []
+        return schedulers if isinstance(schedulers, list) else [schedulers]
+
+    def _log_members(self, key: str, values: Sequence[float]) -> None:
+        for name, value in zip(self.names, values, strict=True):
+            self.log(f"{name}/{key}", value, on_step=False, on_epoch=True)
+
+    def on_fit_start(self) -> None:
+        if isinstance(self.logger, StackLogger):
+            for name, run, dm in zip(self.names, self.runs, self._datamodules(), strict=True):
+                self.logger.member(name).log_hyperparams(
+                    tensorboard_hparams(run, dm), {"hp/best_val_acc": 0.0, "hp/test_acc": 0.0})
+
+    def _datamodules(self) -> list[Any]:
+        datamodule = self.trainer.datamodule
+        members = getattr(datamodule, "members", None)
+        return list(members) if members is not None else [datamodule] * len(self)
+
+    def on_train_epoch_start(self) -> None:
+        self._train = _Tally()
+        epoch = self.current_epoch + 1
+        rates = [optimizer.param_groups[0]["lr"] for optimizer in self._optimizers()]
+        for run, lr in zip(self.runs, rates, strict=True):
+            if _training(run, epoch):
+                run.history.lr_history.append([epoch, lr])
+        self._log_members("lr", rates)
+
+    def training_step(self, batch: Sequence[tuple[Tensor, Tensor]], batch_idx: int) -> None:
+        clips = torch.stack([x for x, _ in batch], dim=1)  # (B, R, 1, T, H, W)
+        labels = torch.stack([y for _, y in batch])  # (R, B)
+        logits = self(clips)  # (R, B, C)
+        losses = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(dim=1)
+        optimizers = self._optimizers()
+        # A member whose loss is NaN or infinite has diverged: it stops there (no step, its
+        # weights stay finite) while the others train on; the fit stops when all have. One
+        # (R,) check per step, the synchronization a single run's check costs.
+        finite = torch.isfinite(losses.detach()).tolist()
+        for run, ok in zip(self.runs, finite, strict=True):
+            if not ok and run.history.diverged_epoch is None:
+                run.history.diverged_epoch = self.current_epoch + 1
+        active = [run.history.diverged_epoch is None for run in self.runs]
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        # Member r's parameters get d(losses[r]) only; diverged members' terms are left out.
+        self.manual_backward(torch.where(torch.tensor(active, device=losses.device), losses,
+                                         torch.zeros_like(losses)).sum())
+        for optimizer, train in zip(optimizers, active, strict=True):
+            if not train:
+                continue
+            if self.recipe.max_grad_norm is not None:  # Lightning's "norm" clipping, per member
+                self.clip_gradients(optimizer, self.recipe.max_grad_norm, "norm")
+            optimizer.step()
+        self._train.add(losses, None, labels.shape[1])
+        if not any(active):
+            self.trainer.should_stop = True
+
+    def on_train_epoch_end(self) -> None:
+        if not self._train.count:
+            return
+        epoch, means = self.current_epoch + 1, self._train.mean_loss()
+        for run, mean in zip(self.runs, means, strict=True):
+            if _training(run, epoch):
+                run.history.train_loss_history.append([epoch, mean])
+        self._log_members("train/loss", means)
+        if self.logger is not None:  # Θ's drift and kernel health, as in the record
+            for name, run in zip(self.names, self.runs, strict=True):
+                for drift in transform_drift(run.model):
+                    for key, value in vars(drift).items():
+                        if key != "layer":
+                            self.log(f"{name}/drift/{drift.layer}/{key}", float(value),
+                                     on_step=False, on_epoch=True)
+                for health in kernel_health(run.model):  # what its kernels compute
+                    for t, ratio in enumerate(health.energy_profile, start=1):
+                        self.log(f"{name}/health/{health.layer}/energy_t{t}_over_t0", ratio,
+                                 on_step=False, on_epoch=True)
+                    self.log(f"{name}/health/{health.layer}/collapsed_fraction",
+                             health.collapsed_fraction, on_step=False, on_epoch=True)
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor]) -> None:
+        clips, labels = batch  # (B, 1, T, H, W), (B,): the same clips for every member
+        logits = self(clips)  # (R, B, C)
+        targets = labels.expand(len(self), -1)  # (R, B)
+        losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(dim=1)
+        self._eval.add(losses, (logits.argmax(dim=2) == labels).sum(dim=1), labels.shape[0])
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval = _Tally()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or not self._eval.count:
+            return
+        accuracies = self._eval.accuracy()
+        self._log_members("val/acc", accuracies)
+        self._log_members("val/loss", self._eval.mean_loss())
+        if self.trainer.state.fn != "fit":
+            return
+        epoch = self.current_epoch + 1
+        schedulers = self._schedulers()
+        for r, (run, value) in enumerate(zip(self.runs, accuracies, strict=True)):
+            if not _training(run, epoch):
+                continue
+            run.history.add_validation(epoch, value, run)
+            if schedulers:  # as Lightning steps a single run's: after validation, on val/acc
+                schedulers[r].step(value)
+        self._log_members("hp/best_val_acc", [run.history.best_value for run in self.runs])
+
+    def on_test_epoch_start(self) -> None:
+        self._eval = _Tally()
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch)
+
+    def on_test_epoch_end(self) -> None:
+        accuracies, losses = self._eval.accuracy(), self._eval.mean_loss()
+        self.test_results = list(zip(accuracies, losses, strict=True))
+        self._log_members("test/acc", accuracies)
+        self._log_members("test/loss", losses)
+        self._log_members("hp/test_acc", accuracies)
+
+    def load_tested_weights(self) -> list[int | None]:
+        """Loads each member's tested weights (:meth:`VideoClassifier.load_tested_weights`);
+        returns their epochs."""
+        return [run.load_tested_weights() for run in self.runs]
+
+
+class StackLogger(Logger):
+    """Writes each member's metrics of a :class:`StackedClassifier` into the member's own
+    logger: ``<name>/<metric>`` goes to ``loggers[name]`` as ``<metric>``.
+
+    A sweep gives every member a ``TensorBoardLogger`` whose version is the run id, so a stacked
+    run's logs are where, and named as, a run trained alone would leave them.
+
+    Args:
+        loggers: The members' loggers by member name.
+    """
+
+    def __init__(self, loggers: dict[str, Logger]) -> None:
+        super().__init__()
+        if not loggers:
+            raise ValueError("StackLogger needs at least one member logger")
+        self._loggers = dict(loggers)
+
+    def member(self, name: str) -> Logger:
+        """Member ``name``'s logger."""
+        return self._loggers[name]
+
+    @property
+    def name(self) -> str:
+        return "stack"
+
+    @property
+    def version(self) -> str:
+        return ",".join(self._loggers)
+
+    @property
+    def save_dir(self) -> str | None:
+        return next(iter(self._loggers.values())).save_dir
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        for logger in self._loggers.values():
+            logger.log_hyperparams(params, *args, **kwargs)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        routed: dict[str, dict[str, float]] = {}
+        for key, value in metrics.items():
+            name, _, metric = key.partition("/")
+            if name in self._loggers and metric:
+                routed.setdefault(name, {})[metric] = value
+        for name, member_metrics in routed.items():
+            self._loggers[name].log_metrics(member_metrics, step)
+
+    def save(self) -> None:
+        for logger in self._loggers.values():
+            logger.save()
+
+    def finalize(self, status: str) -> None:
+        for logger in self._loggers.values():
+            logger.finalize(status)
+
+# ----------------------------------------------------------------------------- stack sizes
 def member_bytes(channels: tuple[int, int], conv: str, batch_size: int) -> int:
     """A generous estimate of the GPU memory one member adds to a float32 training step.
 
     Per clip: the activations autograd keeps (first conv's output and ReLU, pooled maps and
     their int64 indices, second conv's; for ``conv2plus1d`` the middle maps too) and the
-    gathered input (uint8, int64 index, float); doubled for the allocator and cuDNN workspaces.
+    input (the member's batch and its copy in the stacked batch, counted as 13 floats per
+    position, as many as the earlier uint8 staging needed); doubled for the allocator and
+    cuDNN workspaces.
     """
     c1, c2 = channels
     frames = _FRAMES * _SIZE * _SIZE  # 23,520 positions of the first conv's output
@@ -574,6 +581,6 @@ def auto_stack(
 
 
 __all__ = [
-    "StackData", "StackedLeNet5", "auto_stack", "member_batches", "member_bytes",
-    "set_determinism", "stack_data", "train_stacked",
+    "StackLogger", "StackedClassifier", "StackedDataModule", "StackedLeNet5", "auto_stack",
+    "member_bytes",
 ]
