@@ -24,21 +24,21 @@ class Family:
 
     Attributes:
         conv: One of ``CONVS``.
-        transform: ``TTConv3d``'s transform (ignored by the other convs).
+        transform: ``TTConv3d``'s transform; ``None`` for the convs that have none.
         label: Long name, e.g. ``LeNet-5-3DTTN``.
     """
 
     conv: str
-    transform: str
+    transform: str | None
     label: str
 
 
 FAMILIES: dict[str, Family] = {
-    "3D": Family("conv3d", "similarity", "LeNet-5-3D"),
+    "3D": Family("conv3d", None, "LeNet-5-3D"),
     "3DTTN": Family("ttconv3d", "similarity", "LeNet-5-3DTTN"),
     # The ablation: K0 repeated over time, Θ fixed at the identity (no transform parameters).
     "3DTTN-fixed": Family("ttconv3d", "none", "LeNet-5-3DTTN-fixed"),
-    "2+1D": Family("conv2plus1d", "similarity", "LeNet-5-(2+1)D"),
+    "2+1D": Family("conv2plus1d", None, "LeNet-5-(2+1)D"),
 }
 
 

@@ -77,7 +77,7 @@ def test_a_diverged_candidate_is_never_selected_and_is_counted(tmp_path: Path) -
         record = fake_record(spec, 0.9 if spec.candidate.name == "b" else 0.5,
                              diverged=diverged, diverged_epoch=1 if diverged else None)
         store.write_record(config.output_dir, spec, record)
-    store.prepare_output_dir(config, lambda c: None)
+    store.prepare_output_dir(config)
     selection = select_configurations(store.load_records(config.output_dir))[("3D", 10)]
     assert selection.candidate == "a"
     assert selection.candidates["b"].diverged == 1

@@ -13,9 +13,9 @@ from scipy import stats
 
 from lightning_ttn.protocol.paper import paper_table
 from lightning_ttn.protocol.report import figure, main, table_rows, write_report
-from lightning_ttn.protocol.schema import dump_config, parse_config
+from lightning_ttn.protocol.schema import parse_config
 from lightning_ttn.protocol.statistics import holm, select_configurations
-from lightning_ttn.protocol.store import load_records
+from lightning_ttn.protocol.store import dump_config, load_records
 from lightning_ttn.training.record import RunRecord, TransformDrift
 
 SWEEP = {

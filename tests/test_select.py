@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lightning_ttn.protocol.schema import dump_config, load_config, parse_config, plan_runs
+from lightning_ttn.protocol.schema import load_config, parse_config, plan_runs
 from lightning_ttn.protocol.select import main
-from lightning_ttn.protocol.store import load_saved_config
+from lightning_ttn.protocol.store import dump_config, load_saved_config
 from lightning_ttn.training.record import RunRecord
 
 GRID = {

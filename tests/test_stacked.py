@@ -221,12 +221,12 @@ def _records(config) -> dict[str, RunRecord]:
 # What differs between a run trained alone and in a stack: not results.
 _NOT_RESULTS = {"stack_size", "wall_time_s", "finished_at", "replay"}
 # Computed from the weights, which differ by rounding (the grouped kernels sum in another order).
-_ROUNDED = {"train_loss_history", "test_loss", "transforms"}
+_ROUNDED = {"train_loss_history", "test_loss", "transforms", "kernel_health"}
 
 
 def test_a_float32_sweep_in_stacks_of_4_gives_the_records_of_stacks_of_1(data_dir, tmp_path):
     """16 runs (2 families x 2 sizes x 4 runs) on the CPU in float32: the same accuracies,
-    epochs and rates; losses and Θ drift the same up to float32 rounding."""
+    epochs and rates; losses, Θ drift and kernel health the same up to float32 rounding."""
     records = {}
     for stack in (1, 4):
         config = _config(data_dir, str(tmp_path / f"stack{stack}"), runs=4, sizes=[10, 20],
@@ -248,6 +248,9 @@ def test_a_float32_sweep_in_stacks_of_4_gives_the_records_of_stacks_of_1(data_di
             assert a.keys() == b.keys() and a["layer"] == b["layer"]
             assert [a[k] for k in a if k != "layer"] == pytest.approx(
                 [b[k] for k in b if k != "layer"], rel=1e-4, abs=1e-9)
+        for a, b in zip(ours["kernel_health"], theirs["kernel_health"], strict=True):
+            assert a["layer"] == b["layer"] and a["collapsed_fraction"] == b["collapsed_fraction"]
+            assert a["energy_profile"] == pytest.approx(b["energy_profile"], rel=1e-6)
 
 
 def test_train_stack_returns_one_record_per_run_in_order(data_dir, tmp_path):

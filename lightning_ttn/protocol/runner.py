@@ -47,6 +47,7 @@ from lightning_ttn.protocol.schema import (
     check_split_sizes,
     load_config,
     parse_config,
+    parse_shard,
     plan_runs,
     shard_runs,
 )
@@ -82,7 +83,7 @@ def run_config(spec: RunSpec, config: SweepConfig) -> dict[str, Any]:
     training videos (``subset_seed=r``), weight seed, recipe and evaluation subsets. Logs and
     checkpoints of a replay go to ``lightning_logs/replay/<run_id>``.
     """
-    family = spec.model
+    family = spec.family_spec
     init_args: dict[str, Any] = {"channels": list(spec.candidate.channels), "conv": family.conv}
     if family.conv == "ttconv3d":
         init_args["transform"] = family.transform
@@ -298,10 +299,13 @@ def run_sweep(
         Counts of the shard's runs: ``total``, ``finished_before``, ``trained`` and ``held``
         (skipped because another worker was training them).
     """
-    check_sizes(config)
-    config = resolve_source(config)
+    check_sizes(config)  # before resolving "auto", which may look for MNIST
+    resolved = resolve_source(config)
+    if resolved.source != config.source:
+        check_sizes(resolved)
+    config = resolved
     specs = shard_runs(plan_runs(config), *shard)
-    store.prepare_output_dir(config, check_sizes)
+    store.prepare_output_dir(config)
     for moved in store.set_aside_unreadable(config.output_dir, specs):
         print(f"warning: unreadable run record moved to {moved}; the run is trained again",
               file=sys.stderr)
@@ -341,26 +345,11 @@ def _stack_size(config: SweepConfig, device: torch.device, specs: list[RunSpec])
         return 1
     largest = max(len(g) for g in stack_groups(specs, len(specs)))
     first = specs[0]
-    return auto_stack(device, largest, first.candidate.channels, first.model.conv,
+    return auto_stack(device, largest, first.candidate.channels, first.family_spec.conv,
                       first.batch_size)
 
 
 # ----------------------------------------------------------------------------- command line
-def parse_shard(text: str) -> tuple[int, int]:
-    """Parses ``"k/n"`` into ``(k, n)`` with ``0 <= k < n``.
-
-    Raises:
-        SweepConfigError: not of that form.
-    """
-    parts = text.split("/")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise SweepConfigError(f"--shard must be k/n (e.g. 0/4), got {text!r}")
-    index, count = int(parts[0]), int(parts[1])
-    if count < 1 or index >= count:
-        raise SweepConfigError(f"--shard k/n needs n >= 1 and 0 <= k < n, got {text!r}")
-    return index, count
-
-
 def _print_plan(config: SweepConfig, shard: tuple[int, int]) -> None:
     all_runs = plan_runs(config)
     specs = shard_runs(all_runs, *shard)
@@ -412,7 +401,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config = load_config(args.config)
         shard = parse_shard(args.shard)
-        check_sizes(config)
+        if args.dry_run:  # run_sweep checks the sizes itself
+            check_sizes(config)
     except SweepConfigError as e:
         parser.exit(2, f"error: {e}\n")
     if args.dry_run:

@@ -36,7 +36,6 @@ names a width and may override any recipe field::
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,12 +50,6 @@ from lightning_ttn.training.recipe import Recipe
 
 NUM_CLASSES = 10
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-# Keys that may differ when a sweep is resumed in the same output directory: they change where
-# or how fast runs happen, or add runs, never what a finished run means.
-RESUMABLE_KEYS = (
-    "output_dir", "data_dir", "mnist_dir", "num_workers", "runs", "accelerator",
-    "tensorboard", "verify", "stack",
-)
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _CANDIDATE_KEYS = ("name", "channels", "conv", "sizes")
 
@@ -165,8 +158,8 @@ class RunSpec:
         return self.recipe.batch_size_for(self.train_videos)
 
     @property
-    def model(self) -> Family:
-        """The family's conv type and transform."""
+    def family_spec(self) -> Family:
+        """What the family name stands for: its conv type and transform."""
         return FAMILIES[self.family]
 
 
@@ -428,29 +421,22 @@ def plan_runs(config: SweepConfig) -> list[RunSpec]:
     ]
 
 
-def shard_runs(runs: list[RunSpec], index: int, count: int) -> list[RunSpec]:
-    """The runs of shard ``index`` of ``count``: every ``count``-th run from ``index``."""
-    if not (_is_int(count) and count >= 1 and _is_int(index) and 0 <= index < count):
-        raise SweepConfigError(f"shard must be k/n with n >= 1 and 0 <= k < n, got {index}/{count}")
-    return runs[index::count]
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parses ``"k/n"`` into ``(k, n)`` with ``0 <= k < n``.
 
-
-def config_differences(saved: SweepConfig, current: SweepConfig) -> list[str]:
-    """Keys, other than ``RESUMABLE_KEYS``, whose values differ between two configs.
-
-    ``families`` may grow (a grid extended with new candidates or families adds runs and
-    changes no finished one); removing or changing a candidate is a difference.
+    Raises:
+        SweepConfigError: not of that form.
     """
-    old, new = saved.to_dict(), current.to_dict()
-    differences = [k for k in old if k not in RESUMABLE_KEYS + ("families",) and old[k] != new[k]]
-    for family, candidates in old["families"].items():
-        if any(c not in new["families"].get(family, []) for c in candidates):
-            differences.append("families")
-            break
-    return sorted(differences)
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise SweepConfigError(f"--shard must be k/n (e.g. 0/4), got {text!r}")
+    index, count = int(parts[0]), int(parts[1])
+    if count < 1 or index >= count:
+        raise SweepConfigError(f"--shard k/n needs n >= 1 and 0 <= k < n, got {text!r}")
+    return index, count
 
 
-def dump_config(config: SweepConfig) -> tuple[str, str]:
-    """The config as ``(yaml_text, json_text)``, as written into the output directory."""
-    data = config.to_dict()
-    return yaml.safe_dump(data, sort_keys=False), json.dumps(data, indent=2) + "\n"
+def shard_runs(runs: list[RunSpec], index: int, count: int) -> list[RunSpec]:
+    """The runs of shard ``index`` of ``count`` (as :func:`parse_shard` gives them): every
+    ``count``-th run from ``index``."""
+    return runs[index::count]

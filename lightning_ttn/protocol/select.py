@@ -28,9 +28,14 @@ from typing import Any
 import yaml
 
 from lightning_ttn.fileio import write_text_atomic
-from lightning_ttn.protocol.schema import config_differences, parse_config, plan_runs
+from lightning_ttn.protocol.schema import parse_config, plan_runs
 from lightning_ttn.protocol.statistics import recipe_value, select_configurations
-from lightning_ttn.protocol.store import load_records, load_saved_config, runs_dir
+from lightning_ttn.protocol.store import (
+    config_differences,
+    load_records,
+    load_saved_config,
+    runs_dir,
+)
 
 
 def final_sweep(results_dir: str | Path, runs: int, first_run: int, output_dir: str,

@@ -5,7 +5,9 @@
 worker training it (a non-blocking file lock, released by the OS if the worker dies, removed
 when the record is written). A record file that does not parse is moved to
 ``runs/unreadable/`` and its run trained again.
-``<output_dir>/sweep.yaml``/``sweep.json`` hold the sweep's resolved config. Lightning-free: the
+``<output_dir>/sweep.yaml``/``sweep.json`` hold the sweep's resolved config (:func:`dump_config`),
+and the resume policy lives here too: which settings may differ when a sweep is resumed
+(:data:`RESUMABLE_KEYS`, :func:`config_differences`). Lightning-free: the
 report reads records through :func:`load_records`.
 """
 
@@ -13,23 +15,23 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
 from filelock import FileLock, Timeout
 
 from lightning_ttn.fileio import write_text_atomic
-from lightning_ttn.protocol.schema import (
-    RESUMABLE_KEYS,
-    RunSpec,
-    SweepConfig,
-    SweepConfigError,
-    config_differences,
-    dump_config,
-    parse_config,
-)
+from lightning_ttn.protocol.schema import RunSpec, SweepConfig, SweepConfigError, parse_config
 from lightning_ttn.training.record import RunRecord
+
+# Keys that may differ when a sweep is resumed in the same output directory: they change where
+# or how fast runs happen, or add runs, never what a finished run means.
+RESUMABLE_KEYS = (
+    "output_dir", "data_dir", "mnist_dir", "num_workers", "runs", "accelerator",
+    "tensorboard", "verify", "stack",
+)
 
 
 def runs_dir(output_dir: str | Path) -> Path:
@@ -149,18 +151,16 @@ def load_saved_config(results_dir: str | Path) -> SweepConfig | None:
     return parse_config(json.loads(path.read_text())) if path.exists() else None
 
 
-def prepare_output_dir(config: SweepConfig, check: Callable[[SweepConfig], None]) -> None:
+def prepare_output_dir(config: SweepConfig) -> None:
     """Creates the output directory and saves the config as sweep.yaml/sweep.json.
 
     Args:
-        config: The resolved sweep config.
-        check: Called first (e.g. the split sizes check), so that a sweep that fails its
-            checks leaves no files behind.
+        config: The resolved sweep config, already checked (a sweep that fails its checks
+            must leave no files behind).
 
     Raises:
         SweepConfigError: the directory holds a sweep whose run-defining settings differ.
     """
-    check(config)
     output = Path(config.output_dir)
     saved_path = output / "sweep.json"
     if saved_path.exists():
@@ -183,3 +183,24 @@ def _check_resumable(config: SweepConfig, saved_path: Path) -> None:
             f"{', '.join(differences)} (see {saved_path}); only {', '.join(RESUMABLE_KEYS)} "
             "may change on resume. Use the same settings or another output_dir."
         )
+
+
+def config_differences(saved: SweepConfig, current: SweepConfig) -> list[str]:
+    """Keys, other than ``RESUMABLE_KEYS``, whose values differ between two configs.
+
+    ``families`` may grow (a grid extended with new candidates or families adds runs and
+    changes no finished one); removing or changing a candidate is a difference.
+    """
+    old, new = saved.to_dict(), current.to_dict()
+    differences = [k for k in old if k not in RESUMABLE_KEYS + ("families",) and old[k] != new[k]]
+    for family, candidates in old["families"].items():
+        if any(c not in new["families"].get(family, []) for c in candidates):
+            differences.append("families")
+            break
+    return sorted(differences)
+
+
+def dump_config(config: SweepConfig) -> tuple[str, str]:
+    """The config as ``(yaml_text, json_text)``, as written into the output directory."""
+    data = config.to_dict()
+    return yaml.safe_dump(data, sort_keys=False), json.dumps(data, indent=2) + "\n"

@@ -23,7 +23,8 @@ class FitHistory:
         train_loss_history: ``[epoch, mean training loss]`` per epoch.
         lr_history: ``[epoch, learning rate]`` at the start of each epoch.
         best_epoch: Epoch of the best validation accuracy (the first of ties).
-        best_value: That accuracy (``-inf`` before any validation).
+        best_val_acc: That accuracy (``-inf`` before any validation); the record's
+            ``best_val_acc``.
         best_state: The module's ``state_dict`` at ``best_epoch`` (``"best_val"`` only).
         diverged_epoch: The epoch whose training loss was NaN or infinite (``None``: none);
             training stops there.
@@ -34,7 +35,7 @@ class FitHistory:
     train_loss_history: list[list[float]] = field(default_factory=list)
     lr_history: list[list[float]] = field(default_factory=list)
     best_epoch: int | None = None
-    best_value: float = -math.inf
+    best_val_acc: float = -math.inf
     best_state: dict[str, Tensor] | None = None
     diverged_epoch: int | None = None
 
@@ -42,8 +43,8 @@ class FitHistory:
         """Records a validation accuracy; keeps ``module``'s weights if it is the best so far
         (strictly better: the first of equal accuracies wins)."""
         self.val_acc_history.append([epoch, value])
-        if value > self.best_value:
-            self.best_value, self.best_epoch = value, epoch
+        if value > self.best_val_acc:
+            self.best_val_acc, self.best_epoch = value, epoch
             if self.tested_weights == "best_val":
                 self.best_state = {k: v.detach().cpu().clone()
                                    for k, v in module.state_dict().items()}

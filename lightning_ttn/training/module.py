@@ -102,7 +102,8 @@ class VideoClassifier(LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.best_val_acc = MaxMetric()
+        # hp/best_val_acc for TensorBoard's HPARAMS tab (synced across DDP ranks)
+        self.val_acc_max = MaxMetric()
         # What the run record reports; filled during fit.
         self.history = FitHistory(recipe.tested_weights)
         self._loss_sum = 0.0
@@ -176,9 +177,9 @@ class VideoClassifier(LightningModule):
         if self.trainer.sanity_checking:
             return
         accuracy = self.val_acc.compute()
-        self.best_val_acc(accuracy)
+        self.val_acc_max(accuracy)
         # Already synced by torchmetrics: equal on all ranks, so the sync_dist mean is exact.
-        self.log("hp/best_val_acc", self.best_val_acc.compute(), sync_dist=True)
+        self.log("hp/best_val_acc", self.val_acc_max.compute(), sync_dist=True)
         if self.trainer.state.fn != "fit":
             return
         self.history.add_validation(self.current_epoch + 1, float(accuracy), self)
@@ -239,7 +240,7 @@ class VideoClassifier(LightningModule):
             "train_loss_history": self.train_loss_history,
             "lr_history": self.lr_history,
             "best_epoch": self.best_epoch,
-            "best_value": self._best_value,
+            "best_value": self.history.best_val_acc,
             "best_state": self.best_state,
         }
 
@@ -249,13 +250,9 @@ class VideoClassifier(LightningModule):
             self.val_acc_history = state["val_acc_history"]
             self.train_loss_history = state["train_loss_history"]
             self.lr_history = state["lr_history"]
-            self.best_epoch, self._best_value = state["best_epoch"], state["best_value"]
+            self.best_epoch = state["best_epoch"]
+            self.history.best_val_acc = state["best_value"]
             self.best_state = state["best_state"]
-
-    @property
-    def best_validation_accuracy(self) -> float:
-        """The best ``val/acc`` of the fit (``-inf`` before any validation)."""
-        return self.history.best_value
 
     # The history's fields under the names the checkpoint hooks and callers use.
     val_acc_history = _history_field("val_acc_history")
@@ -264,7 +261,6 @@ class VideoClassifier(LightningModule):
     best_epoch = _history_field("best_epoch")
     diverged_epoch = _history_field("diverged_epoch")
     best_state = _history_field("best_state")
-    _best_value = _history_field("best_value")
 
     def configure_optimizers(self) -> dict[str, Any]:
         recipe = self.recipe

@@ -104,7 +104,7 @@ def _record(
     init_seed: int | None, tested_epoch: int | None, test_acc: float, test_loss: float,
     wall_time_s: float,
 ) -> RunRecord:
-    best = module.best_validation_accuracy
+    best = module.history.best_val_acc
     return RunRecord(
         best_epoch=module.best_epoch,
         best_val_acc=best if math.isfinite(best) else math.nan,

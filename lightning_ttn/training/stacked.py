@@ -462,7 +462,7 @@ class StackedClassifier(LightningModule):
             run.history.add_validation(epoch, value, run)
             if schedulers:  # as Lightning steps a single run's: after validation, on val/acc
                 schedulers[r].step(value)
-        self._log_members("hp/best_val_acc", [run.history.best_value for run in self.runs])
+        self._log_members("hp/best_val_acc", [run.history.best_val_acc for run in self.runs])
 
     def on_test_epoch_start(self) -> None:
         self._eval = _Tally()
