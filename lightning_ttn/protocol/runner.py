@@ -55,7 +55,7 @@ from lightning_ttn.protocol.stacking import check_stack, stack_groups
 from lightning_ttn.training.cli import VideoCLI
 from lightning_ttn.training.module import VideoClassifier
 from lightning_ttn.training.record import RunRecord
-from lightning_ttn.training.run import fit_and_test_stack
+from lightning_ttn.training.run import fit_and_test, fit_and_test_stack
 from lightning_ttn.training.stacked import (
     StackedClassifier,
     StackedDataModule,
@@ -183,10 +183,10 @@ def train_stack(specs: Sequence[RunSpec], config: SweepConfig) -> list[RunRecord
     """Trains runs of one candidate and size (a single run is a stack of one) and returns their
     records, in ``specs`` order.
 
-    Each run is built by :func:`build_run`; the ``R`` runs are trained as one
-    ``StackedClassifier`` on a ``StackedDataModule`` by the first run's trainer, through
-    ``fit_and_test_stack``. With ``tensorboard: true`` each run logs into
-    ``<output_dir>/tensorboard/<run_id>``.
+    Each run is built by :func:`build_run`; one run is trained as ``train.py fit`` trains it
+    (``fit_and_test``), ``R > 1`` runs as one ``StackedClassifier`` on a ``StackedDataModule``
+    by the first run's trainer, through ``fit_and_test_stack``. With ``tensorboard: true`` each
+    run logs into ``<output_dir>/tensorboard/<run_id>``.
 
     Raises:
         ValueError: the runs are not one candidate and size (:func:`check_stack`).
@@ -194,12 +194,20 @@ def train_stack(specs: Sequence[RunSpec], config: SweepConfig) -> list[RunRecord
     check_stack(specs)
     runs = [build_run(spec, config) for spec in specs]
     trainer = runs[0][2]
-    if config.tensorboard:
-        trainer.logger = StackLogger({
-            spec.run_id: TensorBoardLogger(save_dir=f"{config.output_dir}/tensorboard", name="",
-                                           version=spec.run_id, default_hp_metric=False)
-            for spec in specs
-        })
+    loggers = {
+        spec.run_id: TensorBoardLogger(save_dir=f"{config.output_dir}/tensorboard", name="",
+                                       version=spec.run_id, default_hp_metric=False)
+        for spec in specs
+    } if config.tensorboard else {}
+    if len(runs) == 1:
+        # A stack of one is the single run, the very code `train.py fit` and its replay run
+        # (the stacked module sums in another order: equal only up to float rounding).
+        (module, datamodule, _), spec = runs[0], specs[0]
+        trainer.logger = loggers.get(spec.run_id)
+        record = fit_and_test(trainer, module, datamodule, spec.init_seed, verbose=False)
+        return [with_identity(record, spec, config)]
+    if loggers:
+        trainer.logger = StackLogger(loggers)
     stack = StackedClassifier([module for module, _, _ in runs], [s.run_id for s in specs])
     datamodule = StackedDataModule([dm for _, dm, _ in runs])
     records = fit_and_test_stack(trainer, stack, datamodule, [s.init_seed for s in specs],
