@@ -104,3 +104,18 @@ def test_the_paired_difference_interval_is_scipys() -> None:
     expected = stats.ttest_1samp(diffs, 0.0).confidence_interval(0.95)
     assert (low, high) == pytest.approx((expected.low, expected.high))
     assert all(map(math.isnan, paired_difference_ci(a, selection({0: 0.1}))))
+
+
+def test_runs_outside_the_plan_are_named_and_left_out(tmp_path: Path) -> None:
+    import dataclasses
+
+    from test_select import VAL, write_grid  # tests/ is on sys.path (rootdir-less)
+
+    from lightning_ttn.protocol.store import load_records
+
+    write_grid(tmp_path / "grid", VAL)
+    source = next(r for r in load_records(tmp_path / "grid") if r.run_id == "3D_n0010_lr0.1_r100")
+    extra = dataclasses.replace(source, run=102, run_id="3D_n0010_lr0.1_r102", best_val_acc=0.99)
+    (tmp_path / "grid" / "runs" / "3D_n0010_lr0.1_r102.json").write_text(extra.to_json())
+    markdown = write_report(tmp_path / "grid")
+    assert "lr0.1 0.700 (unplanned runs 102)" in markdown  # its 0.99 not in the mean

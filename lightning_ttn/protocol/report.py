@@ -152,9 +152,12 @@ def _fmt(value: Any, digits: int) -> str:
 
 def markdown_table(
     rows: list[dict[str, Any]], selections: dict[tuple[str, int], Selection],
-    missing: list[str], reference: str,
+    missing: list[str], reference: str, planned: set[tuple[str, int, str, int]] | None = None,
 ) -> str:
-    """The table in Markdown, the paper's numbers alongside, the grid, notes, missing runs."""
+    """The table in Markdown, the paper's numbers alongside, the grid, notes, missing runs.
+
+    ``planned``: the sweep's ``(family, size, candidate, run)``; runs outside it are named as
+    unplanned (without it, every run beyond the shared ones is "not compared")."""
     lines = [
         f"| train videos | family | mean acc | std err | runs | params | diff vs {reference} "
         "[95% CI] "
@@ -205,20 +208,21 @@ def markdown_table(
             lines.append(f"| {r['train_videos']} | {r['family']} | {r['kernel_energy_profile']} "
                          f"| {r['kernel_collapsed_fraction']:.0%} | {r['kernel_reading']} |")
     grids = [(k, s) for k, s in sorted(selections.items(), key=lambda kv: (kv[0][1], kv[0][0]))
-             if len(s.alternatives) > 1 or _flags(s, s.candidate)]
+             if len(s.alternatives) > 1 or _flags(s, k, s.candidate, planned)]
     if grids:
         lines += ["", "Candidates (mean validation accuracy of the tested weights over the shared "
                   "runs; selected in bold; k/n at chance: runs whose training loss ended within "
                   f"{CHANCE_LOSS_TOLERANCE} of ln 10 with validation accuracy below "
                   f"{CHANCE_VAL_ACC}; diverged: runs whose training loss became NaN or infinite; "
-                  "extra runs: runs only this candidate has, left out of the selection and of "
-                  "the planned grid's counts):", ""]
+                  "not compared: runs that not every candidate has yet, left out of the "
+                  "selection; unplanned: runs outside the sweep's plan, left out of the selection "
+                  "and of the planned grid's counts):", ""]
         for (family, size), selection in grids:
             cells = []
             for name, acc in sorted(selection.alternatives.items()):
                 cell = f"{name} {acc:.3f}"
                 cell = f"**{cell}**" if name == selection.candidate else cell
-                flags = _flags(selection, name)
+                flags = _flags(selection, (family, size), name, planned)
                 cells.append(cell + (f" ({flags})" if flags else ""))
             lines.append(f"- {size} videos, {family}: " + ", ".join(cells))
     if missing:
@@ -227,8 +231,10 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
-def _flags(selection: Selection, name: str) -> str:
-    """A candidate's runs at chance, diverged runs and extra runs, in words ('' if none)."""
+def _flags(selection: Selection, key: tuple[str, int], name: str,
+           planned: set[tuple[str, int, str, int]] | None) -> str:
+    """A candidate's runs at chance, diverged runs and runs beyond the shared ones, in words
+    ('' if none)."""
     summary = selection.candidates.get(name)
     if summary is None:
         return ""
@@ -237,8 +243,13 @@ def _flags(selection: Selection, name: str) -> str:
         flags.append(f"{summary.at_chance}/{summary.runs} at chance")
     if summary.diverged:
         flags.append(f"{summary.diverged} diverged")
-    if summary.extra_runs:
-        flags.append("extra runs " + ", ".join(map(str, summary.extra_runs)))
+    unplanned = [r for r in summary.extra_runs
+                 if planned is not None and (*key, name, r) not in planned]
+    pending = [r for r in summary.extra_runs if r not in unplanned]
+    if pending:
+        flags.append("runs " + ", ".join(map(str, pending)) + " not compared")
+    if unplanned:
+        flags.append("unplanned runs " + ", ".join(map(str, unplanned)))
     return "; ".join(flags)
 
 
@@ -355,7 +366,9 @@ def write_report(
     selections = select_configurations(records)
     rows = table_rows(selections, sorted(sizes), reference)
     missing = missing_runs(config, records) if config else []
-    markdown = markdown_table(rows, selections, missing, reference)
+    planned = ({(s.family, s.train_videos, s.candidate.name, s.run) for s in plan_runs(config)}
+               if config else None)
+    markdown = markdown_table(rows, selections, missing, reference, planned)
     write_text_atomic(out / "table.md", markdown)
     write_csv(rows, out / "table.csv")
     plot_figure(rows, out / "figure.png",
