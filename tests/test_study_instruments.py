@@ -118,4 +118,4 @@ def test_runs_outside_the_plan_are_named_and_left_out(tmp_path: Path) -> None:
     extra = dataclasses.replace(source, run=102, run_id="3D_n0010_lr0.1_r102", best_val_acc=0.99)
     (tmp_path / "grid" / "runs" / "3D_n0010_lr0.1_r102.json").write_text(extra.to_json())
     markdown = write_report(tmp_path / "grid")
-    assert "lr0.1 0.700 (unplanned runs 102)" in markdown  # its 0.99 not in the mean
+    assert "**lr0.1 0.700** (unplanned runs 102)" in markdown  # its 0.99 not in the mean
