@@ -15,17 +15,7 @@ from lightning_ttn.convert import KEPT_TEMPORAL_SIZE_ONE
 
 nets = pytest.importorskip("monai.networks.nets")
 
-
-def n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def tt_params(conv: nn.Conv3d) -> int:
-    """Parameters of the similarity ``TTConv3d`` replacing ``conv``: K0, 4 per transition, bias."""
-    T, kH, kW = conv.kernel_size
-    bias = conv.out_channels if conv.bias is not None else 0
-    return conv.out_channels * (conv.in_channels // conv.groups * kH * kW + 4 * (T - 1)) + bias
-
+from test_convert import n_params, tt_params  # noqa: E402  (tests/ is on sys.path)
 
 # (network, input (B, C, D, H, W), nn.Conv3d with T > 1, with T = 1, parameters before, after).
 # DenseNet121 pools by 32: H, W = 64 leave 2x2 positions in its last block, so that its 3x3
