@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from torch import Tensor
 
 from lightning_ttn.data import VideoMNISTDataModule
 from lightning_ttn.layers import TTConv3d
@@ -155,13 +156,58 @@ FLOAT64 = ["--trainer.precision", "64-true"]
 
 @pytest.fixture
 def one_thread():
-    """One torch thread. With two, the 3DTTN stack's first-epoch loss differs from the single
-    run's by ~3e-8 (relative, in float64) and the runs drift apart (issue 18, open: cause not
-    found); the 3D case agrees at any thread count."""
+    """One torch thread: the grouped and the single convolution then sum in the same order.
+    With two, their outputs differ by ~1e-15 and, for the 3DTTN, max pooling breaks the ties
+    its time-constant start creates the other way (see the test below)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def test_a_time_constant_kernel_makes_max_pooling_ties_that_rounding_breaks(data_dir):
+    """Why stacked and single 3DTTN runs agree only where both convolutions sum in one order.
+
+    At Θ = identity every slice of a 3DTT kernel is K0, so wherever a clip's content repeats in
+    time the conv outputs of neighbouring frames are mathematically equal: ties for
+    ``MaxPool3d``'s temporal window. A change of summation order (two threads: the grouped
+    convolution splits its work otherwise than the single one; ~1e-15 here) breaks such ties
+    either way, and the gradient goes to the other frame: the weight gradient changes at order
+    one. A 3D kernel's random slices make no such ties: the same change stays at rounding level.
+    (Background, where the clip is zero, gives the bias exactly in any order: not perturbed.)
+    """
+    datamodule = VideoMNISTDataModule(data_dir=data_dir, source="embedded", train_videos=20,
+                                      batch_size=8)
+    datamodule.setup("fit")
+    clips = next(iter(datamodule.train_dataloader()))[0].double()  # (B, 1, T, H, W)
+    torch.manual_seed(0)
+    layer = TTConv3d(1, 2, 5, padding=2).double()  # Θ at the identity, as training starts
+    tt_kernel = layer.weight.detach()
+    torch.testing.assert_close(tt_kernel[:, :, 4], tt_kernel[:, :, 0], rtol=0, atol=1e-12)
+    bias = layer.bias.detach()
+
+    def pooled_gradient(kernel: Tensor, rounding: float) -> tuple[float, Tensor]:
+        """The share of tied content pairs and the weight gradient through max pooling."""
+        weight = kernel.clone().requires_grad_()
+        out = F.relu(F.conv3d(clips, weight, bias, padding=2))  # (B, 2, T, H, W)
+        content = out.detach() != bias.view(1, -1, 1, 1, 1)
+        noise = torch.rand(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+        out = out + rounding * noise * content
+        F.max_pool3d(out, 2).sum().backward()
+        pairs = out.detach()[:, :, :30].unflatten(2, (15, 2))  # (B, 2, 15, 2, H, W)
+        first, second = pairs.unbind(3)
+        both = (first > 0) & content[:, :, :30].unflatten(2, (15, 2)).all(dim=3)
+        ties = ((first - second).abs() < 1e-12) & both
+        return float(ties.sum() / both.sum()), weight.grad
+
+    for kernel, tied in ((tt_kernel, True), (0.05 * torch.randn_like(tt_kernel), False)):
+        share, exact = pooled_gradient(kernel, 0.0)
+        _, rounded = pooled_gradient(kernel, 1e-15)
+        change = float((rounded - exact).abs().max() / exact.abs().max())
+        if tied:
+            assert share > 0.02 and change > 1e-3, (share, change)
+        else:
+            assert share == 0.0 and change < 1e-9, (share, change)
 
 
 def _single_run(spec, config, tmp_path):
