@@ -87,6 +87,17 @@ def test_extra_rows_are_paired_with_the_table(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         main([str(tmp_path / "main"), "--add", "no-colon"])
     assert "--add must be LABEL=DIR:FAMILY" in capsys.readouterr().err
+    # Under a family's own label the other sweep's rows are more sizes of that family ...
+    larger = {(family, size + 20, name): acc for (family, size, name), acc in VAL.items()}
+    write_grid(tmp_path / "larger", larger, {**GRID, "sizes": [30, 40]})
+    markdown = write_report(tmp_path / "main", extra=[ExtraRow.parse(
+        f"3DTTN={tmp_path / 'larger'}:3DTTN")])
+    assert [line.split("|")[1:3] for line in markdown.splitlines() if "| 3DTTN |" in line] == [
+        [" 10 ", " 3DTTN "], [" 20 ", " 3DTTN "], [" 30 ", " 3DTTN "], [" 40 ", " 3DTTN "]]
+    # ... but never a second candidate at a size the table has: refused, not silently selected.
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "main"), "--add", f"3D={tmp_path / 'other'}:3D"])
+    assert "already has 3D rows at [10, 20] videos" in capsys.readouterr().err
 
 
 def test_the_paired_difference_interval_is_scipys() -> None:

@@ -311,7 +311,9 @@ class ExtraRow:
     """Another final sweep's runs of one family, reported under their own label.
 
     For a row selected by another rule or grid (e.g. ``3DTTN (Θ bounded)``) and tested on the
-    same run indices, so that it pairs with the table's families run by run.
+    same run indices, so that it pairs with the table's families run by run. With the label of
+    one of the table's families it adds that family's rows at other sizes (e.g. Table 2's
+    500-video rows beside the low-data ones); a label may not get two rows at one size.
 
     Attributes:
         label: The row's family label in the table.
@@ -360,7 +362,14 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     records = load_records(results_dir)
     for row in extra:
-        records += row.records()
+        added = row.records()
+        taken = {(r.family, r.train_videos) for r in records}
+        clash = sorted({r.train_videos for r in added if (r.family, r.train_videos) in taken})
+        if clash:  # two final sweeps' candidates would compete in one selection
+            raise ValueError(f"--add {row.label}={row.results_dir}:{row.family}: the table "
+                             f"already has {row.label} rows at {clash} videos; give it another "
+                             "label")
+        records += added
     config = load_saved_config(results_dir)
     sizes = {r.train_videos for r in records} | set(config.sizes if config else ())
     selections = select_configurations(records)
@@ -396,5 +405,9 @@ def main(argv: list[str] | None = None) -> None:
         extra = [ExtraRow.parse(text) for text in args.add]
     except ValueError as e:
         parser.exit(2, f"error: {e}\n")
-    print(write_report(args.results_dir, args.out, args.reference, extra), end="")
+    try:
+        markdown = write_report(args.results_dir, args.out, args.reference, extra)
+    except ValueError as e:
+        parser.exit(2, f"error: {e}\n")
+    print(markdown, end="")
     print(f"wrote table.md, table.csv and figure.png into {args.out or args.results_dir}")
