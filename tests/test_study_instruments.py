@@ -83,6 +83,8 @@ def test_extra_rows_are_paired_with_the_table(tmp_path: Path, capsys) -> None:
     rows = ExtraRow.parse(f"3D (other)={tmp_path / 'other'}:3D")
     markdown = write_report(tmp_path / "main", extra=[rows])
     assert "| 10 | 3D (other) |" in markdown and "| 20 | 3D (other) |" in markdown
+    assert markdown.endswith(f'Written by `python -m lightning_ttn.report {tmp_path / "main"} '
+                             f'--add "3D (other)={tmp_path / "other"}:3D"`.\n')
     assert GRID["sizes"] == [10, 20]
     with pytest.raises(SystemExit):
         main([str(tmp_path / "main"), "--add", "no-colon"])

@@ -346,6 +346,19 @@ class ExtraRow:
                 for r in load_records(self.results_dir) if r.family == self.family]
 
 
+def report_command(results_dir: str | Path, out_dir: str | Path | None, reference: str,
+                   extra: list[ExtraRow] | tuple[ExtraRow, ...]) -> str:
+    """The command line that writes this report (into its table.md, so that every table says
+    how to regenerate it)."""
+    parts = ["python -m lightning_ttn.report", str(results_dir)]
+    if out_dir is not None and Path(out_dir) != Path(results_dir):
+        parts += ["--out", str(out_dir)]
+    if reference != "3D":
+        parts += ["--reference", reference]
+    parts += [f'--add "{row.label}={row.results_dir}:{row.family}"' for row in extra]
+    return " ".join(parts)
+
+
 def write_report(
     results_dir: str | Path, out_dir: str | Path | None = None, reference: str = "3D",
     extra: list[ExtraRow] | tuple[ExtraRow, ...] = (),
@@ -378,6 +391,7 @@ def write_report(
     planned = ({(s.family, s.train_videos, s.candidate.name, s.run) for s in plan_runs(config)}
                if config else None)
     markdown = markdown_table(rows, selections, missing, reference, planned)
+    markdown += f"\nWritten by `{report_command(results_dir, out_dir, reference, extra)}`.\n"
     write_text_atomic(out / "table.md", markdown)
     write_csv(rows, out / "table.csv")
     plot_figure(rows, out / "figure.png",
