@@ -48,6 +48,7 @@ def test_records_model_name_and_parameter_count_outside_init_hparams():
         ({"epochs": 7, "val_every_n_epochs": 2}, r"recipe.epochs \(7\) must be a multiple"),
         ({"batch_size": 0}, r"recipe.batch_size=0 must be an integer >= 1"),
         ({"learning_rate": 0.1}, r"unknown recipe field\(s\) \['learning_rate'\]"),
+        ({"conv3d_start": "constant"}, r"recipe.conv3d_start='constant' is not one of"),
     ],
 )
 def test_bad_recipe_values_are_rejected(change, match):
@@ -110,6 +111,25 @@ def test_normal_init_draws_k0_and_plain_conv_weights_from_a_unit_gaussian():
     assert plain.features[3].weight.std().item() == pytest.approx(1.0, abs=0.02)
     default = VideoClassifier(LeNet5((18, 28), "ttconv3d")).model
     assert default.features[3].base.std().item() < 0.05
+
+
+def test_a_time_constant_start_repeats_slice_0_and_then_trains_freely():
+    torch.manual_seed(0)
+    recipe = Recipe(k0_init="normal", conv3d_start="time_constant", lr=0.01, max_grad_norm=None)
+    module = VideoClassifier(LeNet5((2, 3), "conv3d"), recipe)
+    convs = [m for m in module.model.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert len(convs) == 2
+    for conv in convs:  # (O, I, T, kH, kW): every slice is slice 0, drawn N(0, 1)
+        assert conv.weight.std().item() > 0.5
+        assert torch.equal(conv.weight, conv.weight[:, :, :1].expand_as(conv.weight))
+    ttn = VideoClassifier(LeNet5((2, 3), "ttconv3d"), recipe).model  # no plain convs: as drawn
+    assert ttn.features[0].base.std().item() > 0.5
+    optimizer = module.configure_optimizers()["optimizer"]
+    clips = torch.rand(4, 1, 30, 28, 28)
+    torch.nn.functional.cross_entropy(module(clips), torch.tensor([0, 1, 2, 3])).backward()
+    optimizer.step()
+    weight = convs[0].weight  # each slice got its own gradient: the slices part
+    assert not torch.allclose(weight[:, :, 1], weight[:, :, 0])
 
 
 def test_halve_every_10_halves_the_rate_when_validation_stalls(tmp_path):

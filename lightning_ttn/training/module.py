@@ -53,6 +53,16 @@ def normal_conv_init(model: nn.Module) -> None:
                 nn.init.normal_(layer.bias)
 
 
+@torch.no_grad()
+def time_constant_start(model: nn.Module) -> None:
+    """Every plain ``nn.Conv3d`` kernel becomes its first temporal slice repeated over time (the
+    kernel of a ``TTConv3d`` at Θ = identity); it trains freely afterwards."""
+    for layer in model.modules():
+        if isinstance(layer, nn.Conv3d):  # TTConv3d is not one
+            weight = layer.weight  # (O, I, T, kH, kW)
+            weight.copy_(weight[:, :, :1].expand_as(weight))
+
+
 def _history_field(name: str) -> property:
     """``FitHistory.<name>`` as an attribute of the module."""
     return property(lambda self: getattr(self.history, name),
@@ -96,6 +106,8 @@ class VideoClassifier(LightningModule):
         self.recipe = recipe
         if recipe.k0_init == "normal":
             normal_conv_init(model)
+        if recipe.conv3d_start == "time_constant":
+            time_constant_start(model)
         # Kept out of hparams: LightningCLI re-parses a checkpoint's hparams as init arguments.
         self.model_name = getattr(model, "name", type(model).__name__)
         self.num_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)

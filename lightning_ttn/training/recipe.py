@@ -18,6 +18,7 @@ LRSchedule = Literal["plateau", "halve_every_10", "constant"]
 TestedWeights = Literal["best_val", "last"]
 InputScaling = Literal["unit", "raw"]
 K0Init = Literal["fan_in", "normal"]
+Conv3dStart = Literal["random", "time_constant"]
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("sgd",),
@@ -25,6 +26,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "tested_weights": ("best_val", "last"),
     "input_scaling": ("unit", "raw"),
     "k0_init": ("fan_in", "normal"),
+    "conv3d_start": ("random", "time_constant"),
 }
 
 
@@ -72,6 +74,10 @@ class Recipe:
             keep) or ``"normal"`` (the authors' code, ``k0_init='normal'``: K0 and the weights
             and biases of every plain ``nn.Conv3d`` drawn from N(0, 1); the paper only says
             "Gaussian" for K0).
+        conv3d_start: ``"random"``: every plain ``nn.Conv3d`` starts as initialized;
+            ``"time_constant"`` (ours, a mechanism check): each of its temporal slices starts as
+            slice 0, i.e. the kernel a ``TTConv3d`` has at Θ = identity (K0 repeated), and
+            trains freely from there. ``TTConv3d`` layers are not touched.
     """
 
     optimizer: Optimizer = "sgd"
@@ -89,6 +95,7 @@ class Recipe:
     tested_weights: TestedWeights = "best_val"
     input_scaling: InputScaling = "unit"
     k0_init: K0Init = "fan_in"
+    conv3d_start: Conv3dStart = "random"
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
