@@ -132,3 +132,20 @@ def test_runs_outside_the_plan_are_named_and_left_out(tmp_path: Path) -> None:
     (tmp_path / "grid" / "runs" / "3D_n0010_lr0.1_r102.json").write_text(extra.to_json())
     markdown = write_report(tmp_path / "grid")
     assert "**lr0.1 0.700** (unplanned runs 102)" in markdown  # its 0.99 not in the mean
+
+
+def test_a_report_of_some_candidates_selects_among_those_only(tmp_path: Path, capsys) -> None:
+    from test_select import VAL, write_grid  # tests/ is on sys.path (rootdir-less)
+
+    write_grid(tmp_path / "grid", VAL)
+    full = write_report(tmp_path / "grid", tmp_path / "full")
+    assert "| 10 | 3D |" in full and "lr0.1: (4, 14), lr 0.1 |" in full  # 0.7 beats 0.6
+    part = write_report(tmp_path / "grid", tmp_path / "part", candidates=r"lr0\.01$|^t1$")
+    rows = [line for line in part.splitlines() if line.startswith("| 10 |")]
+    assert len(rows) == 2 and "lr0.01: (4, 14), lr 0.01 |" in rows[0] and "t1" in rows[1]
+    assert "missing" not in part  # the left-out candidates' runs are not "missing"
+    assert part.endswith("--candidates 'lr0\\.01$|^t1$'`.\n")
+    for pattern, message in (("(", "is not a regular expression"), ("nothing", "no runs in")):
+        with pytest.raises(SystemExit):
+            main([str(tmp_path / "grid"), "--out", str(tmp_path / "x"), "--candidates", pattern])
+        assert message in capsys.readouterr().err

@@ -14,6 +14,7 @@ import argparse
 import csv
 import dataclasses
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,12 +126,16 @@ def table_rows(
     return rows
 
 
-def missing_runs(config: SweepConfig, records: list[RunRecord]) -> list[str]:
-    """Per family, size and candidate of the sweep, the run indices not finished yet."""
+def missing_runs(config: SweepConfig, records: list[RunRecord],
+                 candidates: re.Pattern[str] | None = None) -> list[str]:
+    """Per family, size and candidate of the sweep (those ``candidates`` matches), the run
+    indices not finished yet."""
     finished = {record.run_id for record in records}
     missing: dict[tuple[str, int, str], list[int]] = defaultdict(list)
     planned: dict[tuple[str, int, str], int] = defaultdict(int)
     for spec in plan_runs(config):
+        if candidates is not None and not candidates.search(spec.candidate.name):
+            continue
         key = (spec.family, spec.train_videos, spec.candidate.name)
         planned[key] += 1
         if spec.run_id not in finished:
@@ -347,7 +352,8 @@ class ExtraRow:
 
 
 def report_command(results_dir: str | Path, out_dir: str | Path | None, reference: str,
-                   extra: list[ExtraRow] | tuple[ExtraRow, ...]) -> str:
+                   extra: list[ExtraRow] | tuple[ExtraRow, ...],
+                   candidates: str | None = None) -> str:
     """The command line that writes this report (into its table.md, so that every table says
     how to regenerate it)."""
     parts = ["python -m lightning_ttn.report", str(results_dir)]
@@ -356,12 +362,14 @@ def report_command(results_dir: str | Path, out_dir: str | Path | None, referenc
     if reference != "3D":
         parts += ["--reference", reference]
     parts += [f'--add "{row.label}={row.results_dir}:{row.family}"' for row in extra]
+    if candidates is not None:
+        parts += ["--candidates", f"'{candidates}'"]
     return " ".join(parts)
 
 
 def write_report(
     results_dir: str | Path, out_dir: str | Path | None = None, reference: str = "3D",
-    extra: list[ExtraRow] | tuple[ExtraRow, ...] = (),
+    extra: list[ExtraRow] | tuple[ExtraRow, ...] = (), candidates: str | None = None,
 ) -> str:
     """Writes ``table.md``, ``table.csv`` and ``figure.png`` and returns the Markdown table.
 
@@ -370,10 +378,16 @@ def write_report(
         out_dir: Where to write; default ``results_dir``.
         reference: The family the others are tested against.
         extra: Rows from other final sweeps (see :class:`ExtraRow`).
+        candidates: A regular expression: only the candidates whose name it matches
+            (``re.search``) take part, e.g. a grid's original rates before it was extended.
     """
     out = Path(out_dir or results_dir)
     out.mkdir(parents=True, exist_ok=True)
-    records = load_records(results_dir)
+    pattern = None if candidates is None else re.compile(candidates)
+    records = [r for r in load_records(results_dir)
+               if pattern is None or pattern.search(r.candidate_name)]
+    if not records:
+        raise ValueError(f"no runs in {results_dir} match --candidates {candidates!r}")
     for row in extra:
         added = row.records()
         taken = {(r.family, r.train_videos) for r in records}
@@ -387,11 +401,12 @@ def write_report(
     sizes = {r.train_videos for r in records} | set(config.sizes if config else ())
     selections = select_configurations(records)
     rows = table_rows(selections, sorted(sizes), reference)
-    missing = missing_runs(config, records) if config else []
+    missing = missing_runs(config, records, pattern) if config else []
     planned = ({(s.family, s.train_videos, s.candidate.name, s.run) for s in plan_runs(config)}
                if config else None)
     markdown = markdown_table(rows, selections, missing, reference, planned)
-    markdown += f"\nWritten by `{report_command(results_dir, out_dir, reference, extra)}`.\n"
+    command = report_command(results_dir, out_dir, reference, extra, candidates)
+    markdown += f"\nWritten by `{command}`.\n"
     write_text_atomic(out / "table.md", markdown)
     write_csv(rows, out / "table.csv")
     plot_figure(rows, out / "figure.png",
@@ -412,7 +427,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--add", action="append", default=[], metavar="LABEL=DIR:FAMILY",
                         help="also report DIR's runs of FAMILY as the row LABEL (a final sweep "
                              "on the same run indices, e.g. another selection rule); repeatable")
+    parser.add_argument("--candidates", metavar="REGEX",
+                        help="report only the candidates whose name matches (re.search), e.g. "
+                             "a grid's rates before it was extended")
     args = parser.parse_args(argv)
+    if args.candidates is not None:
+        try:
+            re.compile(args.candidates)
+        except re.error as e:
+            parser.exit(2, f"error: --candidates {args.candidates!r} is not a regular "
+                           f"expression: {e}\n")
     if not Path(args.results_dir, "runs").is_dir():
         parser.exit(2, f"error: {args.results_dir} has no runs/ directory of sweep results\n")
     try:
@@ -420,7 +444,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         parser.exit(2, f"error: {e}\n")
     try:
-        markdown = write_report(args.results_dir, args.out, args.reference, extra)
+        markdown = write_report(args.results_dir, args.out, args.reference, extra,
+                                args.candidates)
     except ValueError as e:
         parser.exit(2, f"error: {e}\n")
     print(markdown, end="")
