@@ -64,8 +64,11 @@ def planned_output_dirs() -> set[str]:
 
 
 def missing_paths(text: str, planned: set[str]) -> list[str]:
-    """Repository paths named in the code of ``text`` that do not exist."""
+    """Repository paths named in the code of ``text`` that do not exist, other than what a
+    command on the page writes (``--out PATH``, ``--output-dir PATH``)."""
     missing = []
+    written = set(re.findall(r"--out(?:put-dir)?[ =]+([\w./-]+)", text))
+    planned = planned | {path.rstrip("/") for path in written}
     for code in code_texts(text):
         for match in REPO_PATH.finditer(code):
             path = match.group(1).rstrip(".,:;")
@@ -171,7 +174,9 @@ def test_train_py_has_the_documented_subcommands():
 def test_catches_a_broken_path_and_link(tmp_path):
     text = (
         "Run `python train.py fit --config configs/no_such.yaml` or see `results/cpu_lowdata`.\n"
-        "```bash\npython -m lightning_ttn.report results/no_such_dir --out /tmp/x\n```\n"
+        "```bash\npython -m lightning_ttn.report results/no_such_dir --out /tmp/x\n"
+        "python -m lightning_ttn.report results/cpu_lowdata --out results/written_by_it\n```\n"
+        "Then `results/written_by_it/table.md` exists.\n"
         "Outputs such as `runs/sweeps/mine` or `lightning_logs/<name>/version_N/` are examples.\n"
     )
     assert missing_paths(text, planned_output_dirs()) == [
