@@ -5,8 +5,9 @@
 outermost) and writes one record per finished run into ``<output_dir>/runs/``. Each run is
 defined as ``train.py fit`` defines it: its config is written as ``<run_id>.yaml`` and parsed
 by the same LightningCLI (:func:`build_run`); runs of one candidate and size are trained
-``stack`` at a time (a single run is a stack of one) by :func:`train_stack`, through
-:func:`lightning_ttn.training.run.fit_and_test_stack` under the same ``Trainer``; the record's
+``stack`` at a time by :func:`train_stack` under the same ``Trainer``: a single run through
+:func:`lightning_ttn.training.run.fit_and_test` (what ``train.py fit`` runs), a larger stack
+through :func:`lightning_ttn.training.run.fit_and_test_stack`; the record's
 ``replay`` field is the ``train.py fit`` command that retrains it alone. Re-running the same
 command skips finished runs; ``--shard k/n`` trains every n-th run from the k-th, so workers on
 several machines (e.g. a SLURM array) share one sweep over a shared directory. Each run is
