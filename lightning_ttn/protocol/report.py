@@ -1,7 +1,7 @@
 """Table 2 and Figure 3 from a sweep's run records, for any number of families.
 
 ``python -m lightning_ttn.report <results dir> [--out DIR] [--reference 3D]
-[--add LABEL=DIR:FAMILY ...]`` reads
+[--add LABEL=DIR:FAMILY ...] [--candidates REGEX]`` reads
 ``<results dir>/runs/*.json`` (temporary and lock files are ignored) and writes ``table.md``,
 ``table.csv`` (one row per size and family) and ``figure.png``. Works on a partial sweep: it
 reports what is finished and lists what is missing relative to the saved ``sweep.json``. Reads
@@ -386,7 +386,7 @@ def write_report(
     pattern = None if candidates is None else re.compile(candidates)
     records = [r for r in load_records(results_dir)
                if pattern is None or pattern.search(r.candidate_name)]
-    if not records:
+    if pattern is not None and not records:
         raise ValueError(f"no runs in {results_dir} match --candidates {candidates!r}")
     for row in extra:
         added = row.records()
