@@ -149,3 +149,10 @@ def test_a_report_of_some_candidates_selects_among_those_only(tmp_path: Path, ca
         with pytest.raises(SystemExit):
             main([str(tmp_path / "grid"), "--out", str(tmp_path / "x"), "--candidates", pattern])
         assert message in capsys.readouterr().err
+
+
+def test_a_sweep_with_no_finished_run_still_reports(tmp_path: Path) -> None:
+    (tmp_path / "started" / "runs").mkdir(parents=True)
+    markdown = write_report(tmp_path / "started")
+    assert markdown.startswith("| train videos | family |")
+    assert (tmp_path / "started" / "table.csv").exists()
