@@ -60,7 +60,8 @@ def time_constant_start(model: nn.Module) -> None:
     for layer in model.modules():
         if isinstance(layer, nn.Conv3d):  # TTConv3d is not one
             weight = layer.weight  # (O, I, T, kH, kW)
-            weight.copy_(weight[:, :, :1].expand_as(weight))
+            # A copy of slice 0 first: copying a view of itself onto itself overlaps in memory.
+            weight.copy_(weight[:, :, :1].clone().expand_as(weight))
 
 
 def _history_field(name: str) -> property:
