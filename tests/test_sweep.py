@@ -111,9 +111,13 @@ def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
 
 
 # ----------------------------------------------------------------------------- config
-@pytest.mark.parametrize("name", ["paper", "cpu_lowdata", "smoke"])
-def test_presets_are_valid(name: str) -> None:
-    assert plan_runs(load_config(PRESETS / f"{name}.yaml"))
+def test_every_preset_is_valid_and_docs_count_its_runs() -> None:
+    """docs/protocol.md's preset table names every sweep file with the runs it plans."""
+    table = (PRESETS.parents[1] / "docs" / "protocol.md").read_text()
+    documented = {name: int(runs) for name, runs in
+                  re.findall(r"^\| `([\w.]+\.yaml)` \|.*\| (\d+) \|$", table, re.MULTILINE)}
+    planned = {path.name: len(plan_runs(load_config(path))) for path in PRESETS.glob("*.yaml")}
+    assert documented == planned
 
 
 def test_paper_preset_pins_the_table2_widths() -> None:
