@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.colors import to_hex
 from scipy import stats
 
 from lightning_ttn.protocol.paper import paper_table
@@ -179,6 +180,16 @@ def test_figure_ticks_at_the_sizes_and_says_error_bars_are_standard_errors(tmp_p
     assert [t.get_text() for t in ax.get_xticklabels()] == ["10", "20"]
     assert list(ax.get_xticks()) == [10, 20]
     assert "standard error" in ax.get_legend().get_title().get_text()
+
+
+def test_figure_gives_every_row_label_its_own_colour(tmp_path: Path) -> None:
+    write_results(tmp_path)
+    rows = table_rows(select_configurations(load_records(tmp_path)), [10, 20])
+    labels = ["3D", "3DTTN", "3DTTN-fixed", "2+1D", "3DTTN (Θ bounded)", "3DTTN-fixed (TTN widths)"]
+    rows = [dict(row, family=label) for row in rows[:1] for label in labels]
+    ax = figure(rows, "t").axes[0]
+    ours = {c.get_label(): to_hex(c.lines[0].get_color()) for c in ax.containers}
+    assert len(ours) == len(labels) and len(set(ours.values())) == len(labels)
 
 
 def test_report_statistics_and_select_import_no_lightning() -> None:

@@ -59,6 +59,8 @@ STATISTICS_NOTE = (
 )
 _COLORS = {"3D": "tab:blue", "3DTTN": "tab:orange", "3DTTN-fixed": "tab:green",
            "2+1D": "tab:purple"}
+# Rows added under their own labels (``--add``) take these in order, so no two lines share one.
+_EXTRA_COLORS = ("tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
 
 
 def _describe(candidate: dict[str, Any]) -> str:
@@ -283,10 +285,12 @@ def figure(rows: list[dict[str, Any]], title: str) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     sizes = sorted({r["train_videos"] for r in rows})
     families = list(dict.fromkeys(r["family"] for r in rows))
+    extra_colors = iter(_EXTRA_COLORS * len(families))
+    colors = {f: _COLORS.get(f) or next(extra_colors) for f in families}
     paper = sorted((s, p) for s, p in paper_table().items() if s <= max(sizes, default=0))
     for family in families:
         ours = [r for r in rows if r["family"] == family]
-        color = _COLORS.get(family)
+        color = colors[family]
         ax.errorbar(
             [r["train_videos"] for r in ours], [r["mean_acc"] for r in ours],
             yerr=[np.nan_to_num(r["stderr"]) for r in ours], marker="o", capsize=3,
@@ -410,7 +414,7 @@ def write_report(
     write_text_atomic(out / "table.md", markdown)
     write_csv(rows, out / "table.csv")
     plot_figure(rows, out / "figure.png",
-                f"{Path(results_dir).name}: * paired t-test vs {reference}, Holm p < "
+                f"{out.name}: * paired t-test vs {reference}, Holm p < "
                 f"{SIGNIFICANCE_LEVEL}")
     return markdown
 
