@@ -152,3 +152,38 @@ def test_the_bounded_selection_skips_large_multipliers(tmp_path: Path) -> None:
     final = load_config(out)
     assert [c.name for c in final.families["3DTTN"]] == ["t1"]
     assert "--max-transform-lr-scale 10" in out.read_text().splitlines()[0]
+
+
+def test_selections_on_the_rate_edge_are_named_and_can_stop_the_final(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # 3D at 10 videos selects lr 0.1 (the largest), at 20 lr 0.01 (the smallest); the 3DTTN has
+    # one rate only, which is no edge.
+    write_grid(tmp_path / "grid", VAL)
+    final_file = tmp_path / "final.yaml"
+    args = [str(tmp_path / "grid"), "--out", str(final_file), "--output-dir", str(tmp_path / "f")]
+    main(args)
+    err = capsys.readouterr().err
+    assert "3D at 10 videos: lr 0.1 is the largest of 0.01, 0.1" in err
+    assert "3D at 20 videos: lr 0.01 is the smallest of 0.01, 0.1" in err
+    assert "3DTTN" not in err
+    final_file.unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--require-interior-lr"])
+    assert exit_info.value.code == 2
+    assert "2 selected learning rates are on the grid's edge" in capsys.readouterr().err
+    assert not final_file.exists()
+
+
+def test_an_interior_rate_is_no_edge_and_other_fields_make_other_lines(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # lr 0.1 sits between 0.01 and 1 at widths (4, 14); the (6, 16) candidate is another line.
+    grid = {**GRID, "sizes": [10], "families": {"3D": [
+        {"name": f"lr{lr}", "channels": [4, 14], "lr": lr} for lr in (0.01, 0.1, 1.0)] + [
+        {"name": "wide", "channels": [6, 16], "lr": 5.0}]}}
+    val = {("3D", 10, "lr0.01"): 0.6, ("3D", 10, "lr0.1"): 0.8, ("3D", 10, "lr1.0"): 0.7,
+           ("3D", 10, "wide"): 0.5}
+    write_grid(tmp_path / "grid", val, grid)
+    main([str(tmp_path / "grid"), "--out", str(tmp_path / "final.yaml"),
+          "--output-dir", str(tmp_path / "f"), "--require-interior-lr"])
+    assert "warning" not in capsys.readouterr().err
+    assert (tmp_path / "final.yaml").exists()

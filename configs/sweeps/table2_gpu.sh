@@ -3,8 +3,9 @@
 #   1. the stacked-training benchmark (docs/protocol.md), printed into logs/stacked.txt;
 #   2. both selection grids (table2_1000_grid.yaml, table2_high_grid.yaml) with many one-thread
 #      sweep workers sharing the GPU, each claiming unfinished runs under the runs' file locks;
-#   3. `python -m lightning_ttn.protocol.select` writes table2_1000_final.yaml and
-#      table2_high_final.yaml (10 fresh runs per family) from each finished grid;
+#   3. `python -m lightning_ttn.protocol.select --require-interior-lr` writes
+#      table2_1000_final.yaml and table2_high_final.yaml (10 fresh runs per family) from each
+#      finished grid, or stops that size where a selected rate is on the grid's edge;
 #   4. both finals with the same workers.
 # Usage: DEADLINE_S=500 bash configs/sweeps/table2_gpu.sh  (stops workers at the deadline;
 # re-running resumes). BENCHMARK=0 skips step 1. Results are packed into $OUT/results.tar every
@@ -51,10 +52,13 @@ done
 grids=$(jobs -p | grep -v "^$packer$")
 if wait_until_deadline $grids; then
   for size in $SIZES; do
+    # A selected rate on the grid's edge stops this size here (the log names it): add the next
+    # rate beyond it to the grid file and run this script again.
     $PY -m lightning_ttn.protocol.select results/table2_${size}_grid \
       --out configs/sweeps/table2_${size}_final.yaml \
-      --output-dir results/table2_${size}_final --runs 10
-    workers $(( WORKERS / 2 )) configs/sweeps/table2_${size}_final.yaml logs/final_$size
+      --output-dir results/table2_${size}_final --runs 10 --require-interior-lr \
+      >> logs/select_$size.log 2>&1 \
+      && workers $(( WORKERS / 2 )) configs/sweeps/table2_${size}_final.yaml logs/final_$size
   done
   wait_until_deadline $(jobs -p | grep -v "^$packer$")
 fi

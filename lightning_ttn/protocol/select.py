@@ -1,12 +1,17 @@
 """Hyperparameter selection on separate runs: from a grid sweep's records to a final sweep file.
 
 ``python -m lightning_ttn.protocol.select <grid results dir> --out <final sweep.yaml>
---output-dir DIR [--runs 8] [--first-run 0] [--families F ...] [--max-transform-lr-scale X]``
-selects, per family and training-set size, the
+--output-dir DIR [--runs 8] [--first-run 0] [--families F ...] [--max-transform-lr-scale X]
+[--require-interior-lr]`` selects, per family and training-set size, the
 candidate with the highest mean validation accuracy of its tested weights (the report's rule,
 :func:`lightning_ttn.protocol.statistics.select_configurations`) and writes a sweep file that
 trains only the selected candidates, on fresh run indices, with the grid sweep's other settings.
 Reporting the final sweep then gives test accuracies untouched by the selection. Lightning-free.
+
+A selected learning rate that is the smallest or the largest the grid tried (with every other
+field of the candidate equal) is on the grid's edge: the optimum may lie beyond it. Such
+selections are printed as warnings; ``--require-interior-lr`` refuses to write the final sweep
+then, so an unattended script stops where the grid needs another rate.
 
 When the grid grows after the final sweep has started and the selection changes, the final
 sweep's output directory no longer matches the new file (a sweep refuses to resume into it).
@@ -28,7 +33,7 @@ from typing import Any
 import yaml
 
 from lightning_ttn.fileio import write_text_atomic
-from lightning_ttn.protocol.schema import parse_config, plan_runs
+from lightning_ttn.protocol.schema import candidate_dict, parse_config, plan_runs
 from lightning_ttn.protocol.statistics import recipe_value, select_configurations
 from lightning_ttn.protocol.store import (
     config_differences,
@@ -85,6 +90,40 @@ def final_sweep(results_dir: str | Path, runs: int, first_run: int, output_dir: 
     raw["sizes"] = sorted({size for _, size in selections})
     raw["families"] = {family: list(by_name.values()) for family, by_name in chosen.items()}
     return raw
+
+
+def rate_edges(results_dir: str | Path, raw_final: dict[str, Any]) -> list[str]:
+    """The selections of a final sweep mapping whose learning rate is on the grid's edge.
+
+    Args:
+        results_dir: The grid sweep's output directory.
+        raw_final: :func:`final_sweep`'s mapping.
+
+    Returns:
+        One line per edge selection, e.g. ``"3D at 500 videos: lr 0.4 is the largest of 0.1,
+        0.2, 0.4"``; empty if every selected rate has a smaller and a larger one beside it.
+    """
+    grid = load_saved_config(results_dir)
+    default_lr = grid.recipe.lr
+
+    def rate(fields: dict[str, Any]) -> float:
+        return fields.get("lr", default_lr)
+
+    def other_fields(fields: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in fields.items() if k not in ("name", "lr", "sizes")}
+
+    edges = []
+    for family, selected in raw_final["families"].items():
+        for chosen in selected:
+            for size in chosen["sizes"]:
+                line = sorted({rate(fields) for fields in map(candidate_dict, grid.families[family])
+                               if other_fields(fields) == other_fields(chosen)
+                               and (fields["sizes"] is None or size in fields["sizes"])})
+                if len(line) > 1 and rate(chosen) in (line[0], line[-1]):
+                    side = "smallest" if rate(chosen) == line[0] else "largest"
+                    edges.append(f"{family} at {size} videos: lr {rate(chosen):g} is the {side} "
+                                 f"of {', '.join(f'{lr:g}' for lr in line)}")
+    return edges
 
 
 def dropped_run_ids(raw_final: dict[str, Any]) -> list[str] | None:
@@ -147,6 +186,9 @@ def main(argv: list[str] | None = None) -> None:
                              "this (e.g. 10 for the 'Θ bounded' row)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="select although the grid misses some of its planned runs")
+    parser.add_argument("--require-interior-lr", action="store_true",
+                        help="write nothing if a selected learning rate is the smallest or the "
+                             "largest its grid tried (add a rate beyond it and rerun the grid)")
     parser.add_argument("--supersede", action="store_true",
                         help="if the selection changed, move the output dir's runs of dropped "
                              "candidates to <output-dir>/superseded/runs/")
@@ -155,8 +197,15 @@ def main(argv: list[str] | None = None) -> None:
         raw = final_sweep(args.results_dir, args.runs, args.first_run, args.output_dir,
                           args.families, args.max_transform_lr_scale, args.allow_partial)
         dropped = dropped_run_ids(raw)
+        edges = rate_edges(args.results_dir, raw)
     except ValueError as e:
         parser.exit(2, f"error: {e}\n")
+    for edge in edges:
+        print(f"warning: selected at the grid's edge: {edge}", file=sys.stderr)
+    if edges and args.require_interior_lr:
+        parser.exit(2, f"error: {len(edges)} selected learning rates are on the grid's edge "
+                       "(above); add the next rate beyond each to the grid, train it and select "
+                       "again\n")
     if dropped is not None and not args.supersede:
         parser.exit(2, f"error: the selection changed since {args.output_dir} was started: "
                        f"{len(dropped)} of its planned runs belong to candidates no longer "
