@@ -16,19 +16,7 @@ PY=${PYTHON:-python3}
 RESULTS="results/lowdata_study_grid results/lowdata_study_final results/authors_recipe"
 pack() { [ -n "${OUT:-}" ] && tar -cf "$OUT/.results.tar" $RESULTS configs/sweeps/lowdata_study_final.yaml 2>/dev/null; [ -n "${OUT:-}" ] && mv "$OUT/.results.tar" "$OUT/results.tar"; }
 ( while sleep 20; do pack; done ) & packer=$!
-workers() {  # workers N CONFIG LOG
-  for i in $(seq 1 "$1"); do
-    $PY -m lightning_ttn.sweep --config "$2" --threads 1 >> "$3.$i.log" 2>&1 &
-  done
-}
-wait_until_deadline() {  # waits for the given pids, kills them at the deadline
-  for pid in "$@"; do
-    while kill -0 "$pid" 2>/dev/null; do
-      [ "$(date +%s)" -ge "$deadline" ] && kill "$@" 2>/dev/null && return 1
-      sleep 2
-    done
-  done
-}
+. configs/sweeps/gpu_workers.sh  # workers, wait_until_deadline
 mkdir -p logs
 # Render both caches once before the workers start (they would wait on its lock anyway).
 $PY -c "from lightning_ttn.data import VideoMNISTDataModule as D

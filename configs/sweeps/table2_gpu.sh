@@ -26,19 +26,7 @@ pack() {
   tar -cf "$OUT/.results.tar" $(ls -d $RESULTS 2>/dev/null) && mv "$OUT/.results.tar" "$OUT/results.tar"
 }
 ( while sleep 20; do pack; done ) & packer=$!
-workers() {  # workers N CONFIG LOG
-  for i in $(seq 1 "$1"); do
-    $PY -m lightning_ttn.sweep --config "$2" --threads 1 >> "$3.$i.log" 2>&1 &
-  done
-}
-wait_until_deadline() {  # waits for the given pids, kills them at the deadline
-  for pid in "$@"; do
-    while kill -0 "$pid" 2>/dev/null; do
-      [ "$(date +%s)" -ge "$deadline" ] && kill "$@" 2>/dev/null && return 1
-      sleep 2
-    done
-  done
-}
+. configs/sweeps/gpu_workers.sh  # workers, wait_until_deadline
 mkdir -p logs
 if [ "${BENCHMARK:-1}" = 1 ]; then
   timeout $(( deadline - $(date +%s) )) $PY benchmarks/stacked.py --members 1 8 30 --device cuda \
